@@ -1,0 +1,129 @@
+"""End to end: the TeachText pipeline on tiny data, stage reuse, export/evaluate, input errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import teachtext as teachtext_config
+from vtd import artifacts
+from vtd import export as export_lib
+from vtd import evaluate as evaluate_lib
+from vtd import main as vtd_main
+from vtd import metric_writers
+from vtd.errors import UserError
+
+MODELS = ["teacher_w2v", "teacher_gpt", "teacher_gpt_xl", "student_baseline",
+          "student_teachtext"]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(tmp_path):
+  config = teachtext_config.get_config("smoke")
+  config.data.synthetic.update(num_train=64, num_val=16, num_test=16, num_concepts=32)
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.train.num_epochs = 3
+  config.train.eval_every_steps = 6
+  config.train.async_checkpointing = False
+  config.runtime.compilation_cache_dir = ""
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("tt")
+  config = tiny_config(tmp)
+  results = vtd_main.run(config, str(tmp / "run"))
+  return config, tmp / "run", results
+
+
+def test_results_for_every_model(finished_run):
+  _, workdir, results = finished_run
+  with open(workdir / "results.json") as f:
+    on_disk = json.load(f)
+  assert sorted(on_disk) == sorted(MODELS)
+  for name in MODELS:
+    t2v = on_disk[name]["test"]["t2v"]
+    assert 0 <= t2v["R1"] <= t2v["R5"] <= t2v["R10"] <= t2v["R50"] <= 100
+    assert on_disk[name]["test"]["v2t"]["num_queries"] == 16
+    assert os.path.isfile(workdir / name / "model" / artifacts.VARIABLES)
+  tt = on_disk["student_teachtext"]
+  assert tt["distill_weight"] == 1.0 and len(tt["teachers"]) == 3
+  records = metric_writers.read_jsonl(workdir / "student_teachtext" / "metrics.jsonl")
+  assert any("train/distill_loss" in r for r in records)
+  # Teachers are referenced by path, never copied into the student's checkpoints.
+  ckpt_files = [f for _, _, fs in os.walk(workdir / "student_teachtext" / "checkpoints")
+                for f in fs]
+  assert ckpt_files and not any("teacher" in f for f in ckpt_files)
+
+
+def test_finished_stages_are_reused(finished_run):
+  config, workdir, results = finished_run
+  stamps = {m: os.path.getmtime(workdir / m / "model" / artifacts.VARIABLES) for m in MODELS}
+  again = vtd_main.run(config, str(workdir))
+  assert again == results
+  assert stamps == {m: os.path.getmtime(workdir / m / "model" / artifacts.VARIABLES)
+                    for m in MODELS}
+
+
+def test_export_then_evaluate_reproduces_test_metrics(finished_run, tmp_path):
+  _, workdir, results = finished_run
+  out = tmp_path / "exported"
+  meta = export_lib.export(str(workdir), "student_teachtext", str(out))
+  assert sorted(os.listdir(out)) == sorted([artifacts.VARIABLES, artifacts.CONFIG,
+                                            artifacts.METADATA])
+  assert meta["exported_from"].endswith("student_teachtext")
+  got = evaluate_lib.evaluate_artifact(str(out), "test")
+  for d in ("t2v", "v2t"):
+    for k, v in results["student_teachtext"]["test"][d].items():
+      np.testing.assert_allclose(got["metrics"][d][k], v, rtol=1e-6)
+  with pytest.raises(FileNotFoundError, match="no finished model 'student_nope'"):
+    export_lib.export(str(workdir), "student_nope", str(tmp_path / "x"))
+
+
+def _main_cli(*args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "vtd.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_config_typo_is_an_error(tmp_path):
+  proc = _main_cli("--config=configs/teachtext.py:smoke", f"--workdir={tmp_path}",
+                   "--config.optim.lrr=0.1")
+  assert proc.returncode != 0 and "lrr" in proc.stderr
+
+
+def test_missing_data_path_is_one_line_error(tmp_path):
+  proc = _main_cli("--config=configs/teachtext.py:smoke", f"--workdir={tmp_path}",
+                   "--config.data.source=npz", f"--config.data.path={tmp_path}/nope.npz")
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"vtd: error: retrieval data file not found: {tmp_path}/nope.npz")
+
+
+def test_batch_not_divisible_by_devices_is_one_line_error(tmp_path):
+  env_flag = "--xla_force_host_platform_device_count=8"
+  proc = subprocess.run(
+      [sys.executable, "-m", "vtd.main", "--config=configs/teachtext.py:smoke",
+       f"--workdir={tmp_path}", "--config.train.batch_size=12"], cwd=REPO,
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "XLA_FLAGS": env_flag, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "vtd: error: config.train.batch_size=12 is not divisible by the 8 devices of the mesh; "
+      "use a multiple of 8")
+
+
+def test_embedding_dim_mismatch_is_an_error(finished_run, tmp_path):
+  config, workdir, _ = finished_run
+  config = tiny_config(tmp_path)
+  # A teacher trained on 'gpt' (64-d) offered as a teacher whose data now has 48-d 'gpt'.
+  variables, cfg, meta = artifacts.load_artifact(str(workdir / "teacher_gpt" / "model"))
+  meta["text_embedding"] = "gpt_xl"  # 96-d in the data: the teacher expects 64.
+  artifacts.save_artifact(str(tmp_path / "bad_teacher"), variables, cfg, meta)
+  config.teachers.artifact_dirs = str(tmp_path / "bad_teacher")
+  with pytest.raises(UserError, match="embedding-dim mismatch: teacher teacher_gpt .* expects "
+                                      "gpt_xl features of dim 64, the data has 96"):
+    vtd_main.run(config, str(tmp_path / "run"))

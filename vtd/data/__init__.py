@@ -1,0 +1,1 @@
+"""Datasets: in-memory containers, embedded (generated) defaults and real-format readers."""

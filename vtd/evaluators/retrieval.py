@@ -1,0 +1,356 @@
+"""Text-video retrieval metrics (R@k, median/mean rank) as defined by Collaborative Experts.
+
+Follows `t2v_metrics`, `v2t_metrics` and `cols2metrics` in `model/metric.py` of the official
+Collaborative-Experts / TeachText code (albanie/collaborative-experts), including its
+"averaging" tie breaking: when the ground truth shares its score with other items, its rank is
+the mean of the tied sorted positions.
+
+Layout: `sims` is [N_q, N_v] with N_q = N_v * K caption rows ordered video-major (row q is a
+caption of video q // K) and `query_mask` [N_v, K] marks which caption slots exist.
+
+Instead of sorting, ranks use the closed form of the averaged tie position,
+  rank = #(scores > gt) + (#(scores == gt) - 1) / 2,
+which equals the official value exactly (both are a half-integer computed without rounding).
+Counts are accumulated over chunks of query rows by jitted kernels, so the extra memory is
+O(query_chunk * N_v) and the similarity matrix never has to exist in one piece (see
+`RetrievalAccumulator`). For v2t only the best-scoring caption of each video needs counting
+(see `_v2t_counts`), which costs N_v comparisons per row rather than N_v * K.
+
+Comparisons are exact, in the (floating) dtype of the given similarities. The one conversion:
+a float64 NumPy input is converted to float32 when JAX's x64 mode is disabled, chunk by chunk
+and identically for the ground-truth values, so ties are judged on the float32 values.
+Similarities must be finite, and (as in the official code, which gives missing captions a
+distance of 1e8) larger than -1e8.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Metrics = dict[str, float]
+
+def metrics_from_ranks(ranks: np.ndarray) -> Metrics:
+  """Recall@k, median and mean rank from 0-based (possibly half-integer) ranks.
+
+  As the official `cols2metrics`: R1 counts ranks equal to 0, so a rank of 0.5 (the ground
+  truth tied with one other item at the top) is not a hit at 1, while R5/R10/R50 count
+  rank < k. Ranks may be inf (a video without any caption, as in the official v2t code).
+
+  Args:
+    ranks: [N] ranks, 0 = ground truth retrieved first.
+
+  Returns:
+    Dict with "R1", "R5", "R10", "R50" (percent), "MdR", "MnR" (1-based),
+    "geometric_mean_R1-R5-R10" and "num_queries" (= N), all python floats.
+  """
+  ranks = np.asarray(ranks, dtype=np.float64).reshape(-1)
+  num = ranks.size
+  if num == 0:
+    raise ValueError("metrics_from_ranks needs at least one rank")
+  # Same expressions as cols2metrics (100 * count / n) so the floats agree to the last bit.
+  out = {
+      "R1": 100 * float(np.sum(ranks == 0)) / num,
+      "R5": 100 * float(np.sum(ranks < 5)) / num,
+      "R10": 100 * float(np.sum(ranks < 10)) / num,
+      "R50": 100 * float(np.sum(ranks < 50)) / num,
+      "MdR": float(np.median(ranks) + 1),
+      "MnR": float(np.mean(ranks) + 1),
+  }
+  recalls = np.array([out["R1"], out["R5"], out["R10"]])
+  # scipy.stats.mstats.gmean (scipy >= 1.11) returns 0 when any entry is 0; computed here
+  # directly to skip its log(0) warning and depend on no scipy version.
+  out["geometric_mean_R1-R5-R10"] = (
+      float(np.exp(np.mean(np.log(recalls)))) if recalls.min() > 0 else 0.0)
+  out["num_queries"] = float(num)
+  return out
+
+
+def _compute_dtype(dtype: Any) -> np.dtype:
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f"similarities must be floating point, got dtype {dtype}")
+  # float64/int64 become 32-bit unless jax_enable_x64; we convert on the host ourselves so the
+  # ground truth and the chunks go through the same (elementwise, deterministic) conversion.
+  return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+
+def _count_pair(first: jax.Array, second: jax.Array, axis: int, dtype: Any):
+  """Sums two boolean arrays along `axis` in one variadic reduction.
+
+  Two plain sums over comparisons of the same matrix are not fused by XLA:CPU: it writes both
+  converted matrices to memory and runs ~4x slower than this single pass.
+  """
+  zero = jnp.zeros((), dtype)
+  return jax.lax.reduce((first.astype(dtype), second.astype(dtype)), (zero, zero),
+                        lambda x, y: (x[0] + y[0], x[1] + y[1]), (axis,))
+
+
+def _valid_rows(start: jax.Array, num_rows: jax.Array, mask_flat: jax.Array,
+                chunk: int) -> jax.Array:
+  # mask_flat carries `chunk` False padding entries, so the slice is never clamped.
+  offsets = jnp.arange(chunk, dtype=jnp.int32)
+  return (offsets < num_rows) & jax.lax.dynamic_slice(mask_flat, (start,), (chunk,))
+
+
+@functools.partial(jax.jit, static_argnames=("captions_per_video",))
+def _t2v_counts(sims: jax.Array, start: jax.Array, num_rows: jax.Array, gt_flat: jax.Array,
+                mask_flat: jax.Array, mismatch: jax.Array, *, captions_per_video: int):
+  """t2v tie counts for the query rows [start, start + num_rows) held in a padded chunk.
+
+  Args:
+    sims: [C, N_v] similarities; rows >= num_rows are padding.
+    start: scalar int32, index of the chunk's first query row.
+    num_rows: scalar int32, number of real rows in the chunk.
+    gt_flat: [N_q + C] own-video similarity of every caption (padded).
+    mask_flat: [N_q + C] caption validity (False padded).
+    mismatch: scalar int32 running count of valid rows whose own-video score differs from
+      gt_flat.
+    captions_per_video: K.
+
+  Returns:
+    t2v_gt, t2v_eq: [C] int32, per row the number of videos scoring >, == its own video;
+    the updated mismatch count.
+  """
+  chunk, num_videos = sims.shape
+  rows = start + jnp.arange(chunk, dtype=jnp.int32)
+  gt_video = jnp.minimum(rows // captions_per_video, num_videos - 1)
+  own = jnp.take_along_axis(sims, gt_video[:, None], axis=1)[:, 0]
+  # Every video competes, whatever its captions' masks. Row sums in float32 are exact (counts
+  # <= N_v < 2^24, checked) and vectorise better on CPU than int32 row sums.
+  greater, equal = _count_pair(sims > own[:, None], sims == own[:, None], 1, jnp.float32)
+  # The streaming API takes the ground truth separately; if it is not bit-identical to the
+  # matrix entries, the tie counts are meaningless (NaNs also land here).
+  valid = _valid_rows(start, num_rows, mask_flat, chunk)
+  expected = jax.lax.dynamic_slice(gt_flat, (start,), (chunk,))
+  mismatch = mismatch + jnp.sum(valid & (own != expected), dtype=jnp.int32)
+  return greater.astype(jnp.int32), equal.astype(jnp.int32), mismatch
+
+
+@jax.jit
+def _v2t_counts(sims: jax.Array, start: jax.Array, num_rows: jax.Array, mask_flat: jax.Array,
+                best: jax.Array, greater: jax.Array, equal: jax.Array):
+  """Adds the chunk's v2t tie counts to the running totals.
+
+  Args:
+    sims, start, num_rows, mask_flat: as for `_t2v_counts`.
+    best: [N_v] highest own-video similarity among each video's valid captions.
+    greater, equal: [N_v] int32 running counts of valid captions scoring >, == `best`.
+
+  Returns:
+    The updated (greater, equal).
+  """
+  # Only valid captions compete (missing ones sit at distance 1e8, behind everything).
+  # One threshold per video suffices: the video's rank is the min over its captions' ranks,
+  # and the averaged rank strictly decreases as the caption's score increases (a caption with
+  # score s < s* is beaten by all captions scoring >= s*), so the min is attained by the
+  # caption with the highest score `best`. This needs N_v instead of N_v * K comparisons/row.
+  valid = _valid_rows(start, num_rows, mask_flat, sims.shape[0])[:, None]
+  g, e = _count_pair((sims > best[None, :]) & valid, (sims == best[None, :]) & valid, 0,
+                     jnp.int32)
+  return greater + g, equal + e
+
+
+class RetrievalAccumulator:
+  """Streams query-row chunks of the similarity matrix and computes t2v and v2t metrics.
+
+  Usage, when the [N_q, N_v] matrix is produced in pieces (e.g. one text batch at a time):
+
+    acc = RetrievalAccumulator(gt_sims, query_mask)
+    for start, chunk in pieces:        # chunk: [q, N_v] = sims[start:start + q]
+      acc.update(start, chunk)
+    metrics = acc.result()             # {"t2v": {...}, "v2t": {...}}
+
+  Every query row must be passed exactly once, in any order. Each update is split into pieces
+  of at most `query_chunk` rows and padded to exactly `query_chunk` rows, so the jitted kernels
+  compile once; set `query_chunk` to the streaming batch size to avoid padding waste.
+
+  Args:
+    gt_sims: [N_v, K] own-video similarity of each caption, gt_sims[i, k] = sims[i * K + k, i].
+      Must be bit-identical to the entries later passed to `update` (`result` checks).
+    query_mask: [N_v, K] bool, False for caption slots that do not exist; None = all exist.
+    query_chunk: rows per kernel call; extra memory is O(query_chunk * N_v).
+  """
+
+  def __init__(self, gt_sims: Any, query_mask: Any = None, *, query_chunk: int = 2048):
+    gt = np.asarray(gt_sims)
+    if gt.ndim != 2 or gt.size == 0:
+      raise ValueError(f"gt_sims must be a non-empty [N_v, K] matrix, got shape {gt.shape}")
+    num_videos, k = gt.shape
+    if query_mask is None:
+      mask = np.ones((num_videos, k), dtype=bool)
+    else:
+      mask = np.asarray(query_mask).astype(bool)
+      if mask.shape != (num_videos, k):
+        raise ValueError(f"query_mask has shape {mask.shape}, expected [N_v, K] = "
+                         f"{(num_videos, k)}")
+    if not mask.any():
+      raise ValueError("query_mask marks no caption as valid")
+    if num_videos >= 2**24:
+      raise ValueError(f"N_v={num_videos} too large: t2v counts are summed in float32")
+    if query_chunk < 1:
+      raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
+
+    self._dtype = _compute_dtype(gt.dtype)
+    gt = gt.astype(self._dtype)
+    self._num_videos, self._k = num_videos, k
+    self._num_queries = num_videos * k
+    self._chunk = min(query_chunk, self._num_queries)
+    self._mask = mask
+
+    pad = self._chunk
+    self._gt_flat = jnp.asarray(np.concatenate([gt.reshape(-1), np.zeros(pad, self._dtype)]))
+    self._mask_flat = jnp.asarray(np.concatenate([mask.reshape(-1), np.zeros(pad, bool)]))
+    self._has_caption = mask.any(axis=1)
+    # Videos without captions get any threshold; their rank is set to inf in result().
+    filled = np.where(mask, gt, gt[mask].min())
+    self._best = jnp.asarray(filled.max(axis=1))
+
+    self._seen = np.zeros(self._num_queries, dtype=bool)
+    self._t2v_parts: list[tuple[int, int, jax.Array, jax.Array]] = []
+    zeros = jnp.zeros(num_videos, jnp.int32)
+    self._v2t_gt, self._v2t_eq = zeros, zeros
+    self._mismatch = jnp.zeros((), jnp.int32)
+    self._in_flight: collections.deque[jax.Array] = collections.deque()
+
+  @property
+  def num_queries(self) -> int:
+    """N_q = N_v * K, the number of caption rows (valid or not)."""
+    return self._num_queries
+
+  @property
+  def query_chunk(self) -> int:
+    """Rows per kernel call (padded chunk size)."""
+    return self._chunk
+
+  def update(self, query_start: int, sims_chunk: Any) -> None:
+    """Adds rows [query_start, query_start + q) of the similarity matrix.
+
+    Args:
+      query_start: index of the chunk's first caption row.
+      sims_chunk: [q, N_v] similarities (NumPy or JAX), compared in its dtype as converted by
+        JAX's canonicalisation (see module docstring); same dtype as `gt_sims` expected.
+    """
+    shape = tuple(sims_chunk.shape)
+    if len(shape) != 2 or shape[1] != self._num_videos:
+      raise ValueError(f"sims_chunk must be [q, N_v={self._num_videos}], got shape {shape}")
+    stop = query_start + shape[0]
+    if query_start < 0 or stop > self._num_queries:
+      raise ValueError(f"rows [{query_start}, {stop}) outside [0, N_q={self._num_queries})")
+    if self._seen[query_start:stop].any():
+      raise ValueError(f"rows [{query_start}, {stop}) overlap rows already added")
+    self._seen[query_start:stop] = True
+    for lo in range(query_start, stop, self._chunk):
+      hi = min(lo + self._chunk, stop)
+      self._update_piece(lo, hi - lo,
+                         self._padded(sims_chunk[lo - query_start:hi - query_start]))
+
+  def _padded(self, piece: Any) -> jax.Array:
+    extra = self._chunk - piece.shape[0]
+    if isinstance(piece, jax.Array):
+      piece = piece.astype(self._dtype)
+      return jnp.pad(piece, ((0, extra), (0, 0))) if extra else piece
+    # Converting per chunk keeps a float64 input from being copied whole.
+    piece = np.asarray(piece, dtype=self._dtype)
+    if extra:
+      piece = np.pad(piece, ((0, extra), (0, 0)))
+    # One explicit transfer, shared by both kernels (and faster than jnp.asarray on CPU).
+    return jax.device_put(piece)
+
+  def _update_piece(self, start: int, num_rows: int, padded: Any) -> None:
+    start, num_rows = np.int32(start), np.int32(num_rows)
+    t2v_gt, t2v_eq, self._mismatch = _t2v_counts(
+        padded, start, num_rows, self._gt_flat, self._mask_flat, self._mismatch,
+        captions_per_video=self._k)
+    self._v2t_gt, self._v2t_eq = _v2t_counts(
+        padded, start, num_rows, self._mask_flat, self._best, self._v2t_gt, self._v2t_eq)
+    # Kept on device until result(): no host sync per chunk, so host-side slicing overlaps
+    # the kernels. But waiting once two chunks are in flight bounds the device copies of
+    # pending chunks, which otherwise pile up (all of sims) when the host outruns the device.
+    self._t2v_parts.append((int(start), int(num_rows), t2v_gt, t2v_eq))
+    self._in_flight.append(self._v2t_gt)
+    if len(self._in_flight) > 2:
+      self._in_flight.popleft().block_until_ready()
+
+  def result(self) -> dict[str, Metrics]:
+    """Metrics for both directions: {"t2v": metrics, "v2t": metrics} (see metrics_from_ranks).
+
+    t2v has one query per valid caption; v2t one per video, ranked by its best caption.
+    """
+    if not self._seen.all():
+      missing = int((~self._seen).sum())
+      raise ValueError(f"{missing} of {self._num_queries} query rows were never added")
+    if int(self._mismatch):
+      raise ValueError(f"{int(self._mismatch)} valid captions have an own-video similarity "
+                       "different from gt_sims (or NaN); gt_sims must hold exactly "
+                       "sims[i * K + k, i] in the same dtype")
+    t2v_gt = np.zeros(self._num_queries, np.int64)
+    t2v_eq = np.zeros(self._num_queries, np.int64)
+    for start, num_rows, gt_counts, eq_counts in self._t2v_parts:
+      t2v_gt[start:start + num_rows] = np.asarray(gt_counts)[:num_rows]
+      t2v_eq[start:start + num_rows] = np.asarray(eq_counts)[:num_rows]
+    # Mean of the tied positions count_gt, ..., count_gt + count_eq - 1 (count_eq >= 1: the
+    # ground truth ties with itself). Masked queries are dropped after ranking, as officially.
+    t2v_ranks = (t2v_gt + (t2v_eq - 1) / 2)[self._mask.reshape(-1)]
+
+    v2t_ranks = np.asarray(self._v2t_gt) + (np.asarray(self._v2t_eq) - 1) / 2
+    # The official loop leaves min_rank = inf for a video with no valid caption.
+    v2t_ranks = np.where(self._has_caption, v2t_ranks, np.inf)
+    return {"t2v": metrics_from_ranks(t2v_ranks), "v2t": metrics_from_ranks(v2t_ranks)}
+
+
+def _gather_gt(sims: Any, k: int, query_chunk: int) -> np.ndarray:
+  """[N_v, K] own-video similarities gt[i, j] = sims[i * K + j, i], without fancy indexing.
+
+  Copies only the diagonal blocks [B * K, B] to the host, with basic slices that work for NumPy
+  and for JAX arrays, also ones sharded over an Auto mesh.
+  """
+  num_videos = sims.shape[1]
+  block = max(1, query_chunk // k)
+  parts = []
+  for v0 in range(0, num_videos, block):
+    v1 = min(v0 + block, num_videos)
+    tile = np.asarray(sims[v0 * k:v1 * k, v0:v1])
+    rows = np.arange((v1 - v0) * k)
+    parts.append(tile[rows, rows // k])
+  return np.concatenate(parts).reshape(num_videos, k)
+
+
+def retrieval_metrics(sims: Any, query_mask: Any = None, *,
+                      query_chunk: int = 2048) -> dict[str, Metrics]:
+  """Text-to-video and video-to-text retrieval metrics of a similarity matrix.
+
+  Args:
+    sims: [N_q, N_v] similarities (NumPy or JAX array), N_q = N_v * K, rows video-major:
+      row q is a caption of video q // K. JAX arrays may be on one device or sharded over an
+      Auto mesh (Explicit-sharded arrays cannot be sliced unevenly: reshard them first).
+    query_mask: [N_v, K] bool, False for caption slots that do not exist (their rows are
+      ignored); None = all exist.
+    query_chunk: query rows processed per jitted call; bounds the extra memory to
+      O(query_chunk * N_v).
+
+  Returns:
+    {"t2v": metrics, "v2t": metrics}, each as returned by `metrics_from_ranks`.
+  """
+  shape = tuple(sims.shape)
+  if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+    raise ValueError(f"sims must be a non-empty [N_q, N_v] matrix, got shape {shape}")
+  num_queries, num_videos = shape
+  if num_queries % num_videos:
+    raise ValueError(f"N_q={num_queries} is not a multiple of N_v={num_videos}: sims rows "
+                     "must be K captions per video, video-major")
+  k = num_queries // num_videos
+  if query_mask is not None and tuple(np.shape(query_mask)) != (num_videos, k):
+    raise ValueError(f"query_mask has shape {tuple(np.shape(query_mask))}, expected "
+                     f"[N_v, K] = {(num_videos, k)} for sims of shape {shape}")
+  if not isinstance(sims, jax.Array):
+    sims = np.asarray(sims)
+  acc = RetrievalAccumulator(_gather_gt(sims, k, query_chunk), query_mask,
+                             query_chunk=query_chunk)
+  for start in range(0, num_queries, acc.query_chunk):
+    acc.update(start, sims[start:start + acc.query_chunk])
+  return acc.result()

@@ -1,0 +1,1 @@
+"""TeachText: text-video retrieval with multi-text-embedding distillation (ICCV'21)."""

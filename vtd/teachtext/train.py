@@ -1,0 +1,243 @@
+"""TeachText pipeline: N teachers -> frozen -> baseline student and distilled student -> test.
+
+Stages (each a directory under the workdir, reused when finished, resumed when interrupted):
+  teacher_<embedding>   one CE/MoEE model per configured text embedding (L_r only)
+  student_baseline      the student's own text embedding, L_r only (distill weight 0)
+  student_teachtext     the same student trained with L_r + lambda * L_d against the teachers
+Every stage selects its best checkpoint on validation t2v geometric mean of R@1/5/10 (as the
+official code), writes a model artifact to `<stage>/model`, and is evaluated on the test split;
+`results.json` in the workdir collects all test metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from vtd import artifacts
+from vtd import optim
+from vtd import results as results_lib
+from vtd import sharding
+from vtd import stages
+from vtd import train as train_lib
+from vtd.data import retrieval as retrieval_data
+from vtd.data import synthetic_retrieval
+from vtd.errors import UserError
+from vtd.losses import distillation, ranking
+from vtd.teachtext import evaluate as tt_evaluate
+from vtd.teachtext import input_pipeline
+from vtd.teachtext import teachers as teachers_lib
+from vtd.teachtext.models import RetrievalModel, similarity, stack_available
+
+BEST_METRIC = "t2v/geometric_mean_R1-R5-R10"
+
+
+def load_data(data_cfg: ml_collections.ConfigDict) -> retrieval_data.RetrievalDataset:
+  """The dataset named by `config.data.source`."""
+  if data_cfg.source == "synthetic":
+    spec = synthetic_retrieval.SyntheticRetrievalSpec(**data_cfg.synthetic.to_dict())
+    return synthetic_retrieval.load_or_generate(spec, data_cfg.cache_dir)
+  if data_cfg.source == "npz":
+    if not data_cfg.path:
+      raise UserError("config.data.path is empty; set it to a vtd retrieval .npz file")
+    return retrieval_data.load_npz(os.path.expanduser(data_cfg.path))
+  raise UserError(f"config.data.source must be 'synthetic' or 'npz', got {data_cfg.source!r}")
+
+
+def stage_seed(seed: int, group: str) -> int:
+  """Independent, reproducible seed per stage group ('student' stages share one)."""
+  return (seed * 1_000_003 + zlib.crc32(group.encode())) % (2**31 - 1)
+
+
+def num_steps(train_cfg: ml_collections.ConfigDict, num_videos: int) -> tuple[int, int]:
+  """(total steps, steps per epoch); an epoch is one pass over the training videos."""
+  steps_per_epoch = math.ceil(num_videos / train_cfg.batch_size)
+  if train_cfg.num_steps > 0:
+    return train_cfg.num_steps, steps_per_epoch
+  if train_cfg.num_epochs <= 0:
+    raise UserError("set config.train.num_epochs or config.train.num_steps to a positive value")
+  return int(round(train_cfg.num_epochs * steps_per_epoch)), steps_per_epoch
+
+
+def model_experts(config: ml_collections.ConfigDict, split: retrieval_data.RetrievalSplit
+                  ) -> list[tuple[str, tuple[int, ...]]]:
+  """(name, shape) of the video experts a model uses: `config.model.experts` or all."""
+  dims = split.expert_dims()
+  wanted = [e.strip() for e in config.model.experts.split(",") if e.strip()] or list(dims)
+  unknown = [e for e in wanted if e not in dims]
+  if unknown:
+    raise UserError(f"config.model.experts names {unknown}, not in the data ({sorted(dims)})")
+  return sorted((e, dims[e]) for e in wanted)
+
+
+def make_loss_fn(model: RetrievalModel, text_embedding: str, config: ml_collections.ConfigDict,
+                 distill_weight: float, teachers: tuple[teachers_lib.Teacher, ...]):
+  """L_r(S_s) + lambda * L_d(S_s, Phi(S_1..S_N)) on the global batch."""
+  loss_cfg, distill_cfg = config.loss, config.distill
+
+  def loss_fn(params, batch_stats, batch, frozen, rng):
+    del rng  # The models are deterministic (no dropout), as the official configs.
+    (text, weights, video), updates = model.apply(
+        {"params": params, "batch_stats": batch_stats}, batch["text"][text_embedding],
+        batch["experts"], batch["available"], train=True, mutable=["batch_stats"])
+    sims = similarity(text, weights, video, stack_available(batch["available"],
+                                                            model.expert_names))
+    rank_loss = ranking.max_margin_ranking_loss(sims, loss_cfg.margin,
+                                                fix_norm=loss_cfg.fix_norm)
+    measurements = {"ranking_loss": rank_loss}
+    loss = rank_loss
+    if distill_weight > 0:
+      teacher_sims = teachers_lib.teacher_similarities(teachers, frozen, batch,
+                                                       distill_cfg.teacher_mode)
+      target = distillation.aggregate_teachers(teacher_sims, distill_cfg.aggregation)
+      distill_loss = distillation.similarity_distillation_loss(
+          sims, target, distill_cfg.criterion, temperature=distill_cfg.temperature)
+      measurements["distill_loss"] = distill_loss
+      loss = loss + distill_weight * distill_loss
+    return loss, (measurements, updates["batch_stats"])
+
+  return loss_fn
+
+
+def _check_teacher(teacher: teachers_lib.Teacher, variables: Any,
+                   data: retrieval_data.RetrievalDataset) -> None:
+  split = data.train
+  if teacher.text_embedding not in split.text:
+    raise UserError(f"teacher {teacher.name} uses text embedding {teacher.text_embedding!r}, "
+                    f"not in the data ({sorted(split.text)})")
+  expected = variables["params"]["text_vlad"]["clusters"].shape[0]
+  got = split.text_dim(teacher.text_embedding)
+  if expected != got:
+    raise UserError(f"embedding-dim mismatch: teacher {teacher.name} ({teacher.artifact_dir}) "
+                    f"expects {teacher.text_embedding} features of dim {expected}, the data "
+                    f"has {got}")
+  dims = split.expert_dims()
+  for name, shape in teacher.model.expert_shapes:
+    if dims.get(name) != tuple(shape):
+      raise UserError(f"teacher {teacher.name} expects expert {name!r} of shape "
+                      f"{tuple(shape)}, the data has {dims.get(name)}")
+
+
+def train_model(config: ml_collections.ConfigDict, data: retrieval_data.RetrievalDataset,
+                mesh, stage_dir: str, *, name: str, text_embedding: str, seed: int,
+                distill_weight: float = 0.0, teacher_dirs: tuple[str, ...] = ()
+                ) -> dict[str, Any]:
+  """Trains one retrieval model in `stage_dir`, writes its artifact, returns its results."""
+  split = data.train
+  if text_embedding not in split.text:
+    raise UserError(f"{name}: text embedding {text_embedding!r} not in the data "
+                    f"(has {sorted(split.text)})")
+  sharding.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
+  model = teachers_lib.build_model(config.model, model_experts(config, split))
+  steps, steps_per_epoch = num_steps(config.train, split.num_videos)
+
+  teachers, frozen = (), None
+  if distill_weight > 0:
+    if not teacher_dirs:
+      raise UserError(f"{name}: distillation needs teachers (config.teachers)")
+    loaded = [teachers_lib.load_teacher(d) for d in teacher_dirs]
+    for teacher, variables in loaded:
+      _check_teacher(teacher, variables, data)
+    teachers = tuple(t for t, _ in loaded)
+    if config.distill.teacher_mode == "cached":
+      frozen = [teachers_lib.cache_embeddings(t, v, split, chunk_size=config.eval.chunk_size)
+                for t, v in loaded]
+    else:
+      frozen = [v for _, v in loaded]
+  needed_text = sorted({text_embedding} | (
+      {t.text_embedding for t in teachers} if config.distill.teacher_mode == "live" else set()))
+  train_iter = input_pipeline.train_iterator(split, global_batch_size=config.train.batch_size,
+                                             seed=seed, text_embeddings=needed_text)
+
+  sample = next(input_pipeline.train_iterator(split, global_batch_size=2, seed=0,
+                                              text_embeddings=[text_embedding]))
+
+  def init_variables(rng):
+    return model.init(rng, sample["text"][text_embedding], sample["experts"],
+                      sample["available"], train=False)
+
+  def validate(variables):
+    return tt_evaluate.flatten_metrics(tt_evaluate.evaluate(
+        model, variables, data.val, text_embedding, chunk_size=config.eval.chunk_size,
+        query_chunk=config.eval.query_chunk))
+
+  program = train_lib.Program(
+      name=name, init_variables=init_variables,
+      loss_fn=make_loss_fn(model, text_embedding, config, distill_weight, teachers),
+      optimizer=optim.create_optimizer(config.optim, steps_per_epoch), train_iter=train_iter,
+      num_steps=steps, frozen=frozen, evaluate=validate)
+  loop_cfg = ml_collections.ConfigDict({**config.train.to_dict(), "best_metric": BEST_METRIC,
+                                        "best_mode": "max"})
+  fit = train_lib.fit(program, loop_cfg, stage_dir, mesh, seed)
+  test = tt_evaluate.evaluate(model, fit.variables, data.test, text_embedding,
+                              chunk_size=config.eval.chunk_size,
+                              query_chunk=config.eval.query_chunk)
+  result = {"model_name": name, "text_embedding": text_embedding, "step": fit.step,
+            "num_steps": steps, "distill_weight": distill_weight,
+            "teachers": [t.artifact_dir for t in teachers], "val": fit.metrics, "test": test,
+            "expert_shapes": [list(s) for s in model.expert_shapes],
+            "artifact": os.path.join(stage_dir, "model")}
+  if jax.process_index() == 0:
+    artifacts.save_artifact(os.path.join(stage_dir, "model"), fit.variables, config,
+                            {"method": "teachtext", **result})
+  return result
+
+
+def _teacher_embeddings(config) -> list[str]:
+  return [e.strip() for e in config.teachers.text_embeddings.split(",") if e.strip()]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the whole TeachText pipeline in `workdir`; returns (and writes) results.json."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
+  data = load_data(config.data)
+  results: dict[str, Any] = {}
+
+  teacher_dirs = [os.path.expanduser(d.strip())
+                  for d in config.teachers.artifact_dirs.split(",") if d.strip()]
+  if not teacher_dirs:
+    for emb in _teacher_embeddings(config):
+      stage_dir = os.path.join(workdir, f"teacher_{emb}")
+      results[f"teacher_{emb}"] = stages.run_stage(stage_dir, lambda d, emb=emb: train_model(
+          config, data, mesh, d, name=f"teacher_{emb}", text_embedding=emb,
+          seed=stage_seed(config.seed, f"teacher_{emb}")))
+      teacher_dirs.append(os.path.join(stage_dir, "model"))
+  missing = [d for d in teacher_dirs if not os.path.isdir(d)]
+  if missing and config.distill.weight > 0:
+    raise UserError(f"teacher artifact directories not found: {missing}")
+
+  student_seed = stage_seed(config.seed, "student")
+  students = [("student_teachtext", config.distill.weight)]
+  if config.student.train_baseline:
+    students.insert(0, ("student_baseline", 0.0))
+  for name, weight in students:
+    results[name] = stages.run_stage(os.path.join(workdir, name), lambda d, n=name, w=weight:
+                                     train_model(config, data, mesh, d, name=n,
+                                                 text_embedding=config.student.text_embedding,
+                                                 seed=student_seed, distill_weight=w,
+                                                 teacher_dirs=tuple(teacher_dirs)))
+  if jax.process_index() == 0:
+    artifacts.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    print(results_lib.format_table({k: v["test"] for k, v in results.items()},
+                                   title=f"TeachText test metrics ({workdir})"))
+  sharding.sync("teachtext-done")
+  return results
+
+
+def evaluate_artifact(variables: Any, config: ml_collections.ConfigDict,
+                      metadata: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
+  """Metrics of an exported TeachText model on a split (used by `python -m vtd.evaluate`)."""
+  data = load_data(config.data)
+  model = teachers_lib.build_model(config.model,
+                                   [(n, tuple(s)) for n, s in metadata["expert_shapes"]])
+  return tt_evaluate.evaluate(model, variables, data.split(split), metadata["text_embedding"],
+                              chunk_size=config.eval.chunk_size,
+                              query_chunk=config.eval.query_chunk)
