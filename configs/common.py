@@ -80,4 +80,6 @@ def runtime() -> ml_collections.ConfigDict:
       # Persistent XLA compilation cache: re-runs, resumed runs and stages with identical
       # shapes (e.g. the baseline and distilled students) skip recompilation. '' disables.
       compilation_cache_dir="~/.cache/vtd/jax_compilation_cache",
+      # Hide INFO lines of orbax/grain (per-save chatter); their warnings still show.
+      quiet_library_logs=True,
   ))

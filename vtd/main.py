@@ -8,6 +8,7 @@ line; everything is resumable by re-running the same command.
 from __future__ import annotations
 
 import importlib
+import logging as logging_std
 import os
 import sys
 
@@ -28,8 +29,19 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 METHODS = {"teachtext": "vtd.teachtext.train"}
 
 
+class _LibraryInfoFilter(logging_std.Filter):
+  """Drops INFO lines of chatty libraries (orbax logs every save step by step) from the log."""
+  _QUIET = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}")
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return record.levelno >= logging_std.WARNING or not any(
+        q in record.pathname for q in self._QUIET)
+
+
 def configure_runtime(runtime_cfg) -> None:
-  """Process-wide JAX settings from `config.runtime`."""
+  """Process-wide JAX and logging settings from `config.runtime`."""
+  if runtime_cfg.quiet_library_logs:
+    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
   if runtime_cfg.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(runtime_cfg.compilation_cache_dir))

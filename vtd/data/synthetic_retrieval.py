@@ -33,10 +33,10 @@ Generative model
   another random video (label noise, as in crowd-sourced captions; 0 by default).
 * **Text embeddings** (K = 3, different dimensions): each is a word-level encoder
   E_k: word -> R^{D_k} with its own random code book, per-token Gaussian noise sigma_k, and
-  its own *blind spots*: a random fraction `confusion` of concepts is mapped (almost) onto
-  another concept of the same type, so encoder k cannot tell them apart. Each encoder's blind
-  spots are drawn independently, so the encoders differ in quality and make *different*
-  mistakes: their retrieval rankings are complementary, the property TeachText exploits.
+  its own *blind spots*: a random fraction `confusion` of each type's concepts is mapped
+  (almost) onto one of the other, unconfused concepts of that type, so encoder k cannot tell
+  the two apart. Each encoder's blind spots are drawn independently, so the encoders differ
+  in quality and make *different* mistakes: their retrieval rankings are complementary, the property TeachText exploits.
 
   ========= ===== ======= ========= ===========================
   name      dim   noise   confusion  role (default configs)
@@ -95,7 +95,7 @@ class SyntheticRetrievalSpec:
 
   def cache_key(self) -> str:
     payload = json.dumps({**dataclasses.asdict(self), "experts": EXPERTS,
-                          "text": TEXT_EMBEDDINGS, "version": 1}, sort_keys=True)
+                          "text": TEXT_EMBEDDINGS, "version": 2}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -119,11 +119,15 @@ class _World:
     self.encoders = {}
     for name, (dim, _, confusion) in TEXT_EMBEDDINGS.items():
       table = rng.normal(size=(n_words, dim))
-      for c in range(spec.num_concepts):
-        if rng.random() < confusion:
-          t = self.concept_type[c]
-          partner = t * self.per_type + rng.integers(self.per_type)
-          table[c] = table[partner] + 0.1 * rng.normal(size=dim)
+      # Blind spots: a `confusion` fraction of each type's concepts is mapped next to a
+      # partner drawn among the *unconfused* concepts of that type, so every blind spot is a
+      # real conflation (no chains that would undo one another).
+      for t in range(len(TYPES)):
+        ids = t * self.per_type + rng.permutation(self.per_type)
+        n_conf = int(round(confusion * self.per_type))
+        confused, clean = ids[:n_conf], ids[n_conf:]
+        partners = rng.choice(clean, size=n_conf)
+        table[confused] = table[partners] + 0.1 * rng.normal(size=(n_conf, dim))
       self.encoders[name] = table / np.linalg.norm(table, axis=1, keepdims=True)
 
   def sample_concepts(self, rng: np.random.Generator) -> list[int]:

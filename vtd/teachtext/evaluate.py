@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -51,19 +51,26 @@ def embed_split(model: RetrievalModel, variables: Any, split: RetrievalSplit,
   return {"text": text, "weights": weights, "video": video, "available": available}
 
 
-def retrieval_metrics_from_embeddings(emb: dict[str, Any], caption_mask: np.ndarray, *,
-                                      query_chunk: int = 2048) -> dict[str, dict[str, float]]:
+def retrieval_metrics_from_embeddings(embs: Sequence[dict[str, Any]], caption_mask: np.ndarray,
+                                      *, query_chunk: int = 2048) -> dict[str, dict[str, float]]:
   """t2v / v2t metrics streamed over query chunks; the [N_q, N_v] matrix is never held whole.
+
+  Args:
+    embs: `embed_split` outputs of one model, or of several models whose similarity matrices
+      are averaged (the teachers' ensemble Phi = mean, a diagnostic).
+    caption_mask: [N_v, K].
 
   Two passes over the same chunks: the first collects each caption's similarity to its own
   video (from the very values the ranking compares, so exact-equality ties are consistent),
   the second ranks.
   """
   n_v, k = caption_mask.shape
-  queries = {"text": emb["text"], "weights": emb["weights"]}
+  queries = [{"text": e["text"], "weights": e["weights"]} for e in embs]
 
-  def chunk_sims(q):
-    return _similarity(q["text"], q["weights"], emb["video"], emb["available"])
+  def chunk_sims(qs):
+    sims = [_similarity(q["text"], q["weights"], e["video"], e["available"])
+            for q, e in zip(qs, embs)]
+    return sum(sims) / len(sims)
 
   n_q = n_v * k
   query_chunk = max(1, min(query_chunk, n_q))
@@ -82,7 +89,7 @@ def evaluate(model: RetrievalModel, variables: Any, split: RetrievalSplit, text_
              *, chunk_size: int = 1024, query_chunk: int = 2048) -> dict[str, dict[str, float]]:
   """{'t2v': {...}, 'v2t': {...}} official metrics of `model` on `split`."""
   emb = embed_split(model, variables, split, text_embedding, chunk_size=chunk_size)
-  return retrieval_metrics_from_embeddings(emb, split.caption_mask, query_chunk=query_chunk)
+  return retrieval_metrics_from_embeddings([emb], split.caption_mask, query_chunk=query_chunk)
 
 
 def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:

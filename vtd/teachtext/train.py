@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import zlib
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -125,9 +125,22 @@ def _check_teacher(teacher: teachers_lib.Teacher, variables: Any,
                       f"{tuple(shape)}, the data has {dims.get(name)}")
 
 
+def load_teachers(teacher_dirs: Sequence[str], data: retrieval_data.RetrievalDataset
+                  ) -> list[tuple[teachers_lib.Teacher, Any]]:
+  """Loads and checks teacher artifacts against the data, before anything is trained."""
+  missing = [d for d in teacher_dirs if not os.path.isdir(d)]
+  if missing:
+    raise UserError(f"teacher artifact directories not found: {missing}")
+  loaded = [teachers_lib.load_teacher(d) for d in teacher_dirs]
+  for teacher, variables in loaded:
+    _check_teacher(teacher, variables, data)
+  return loaded
+
+
 def train_model(config: ml_collections.ConfigDict, data: retrieval_data.RetrievalDataset,
                 mesh, stage_dir: str, *, name: str, text_embedding: str, seed: int,
-                distill_weight: float = 0.0, teacher_dirs: tuple[str, ...] = ()
+                distill_weight: float = 0.0,
+                loaded_teachers: Sequence[tuple[teachers_lib.Teacher, Any]] = ()
                 ) -> dict[str, Any]:
   """Trains one retrieval model in `stage_dir`, writes its artifact, returns its results."""
   split = data.train
@@ -140,11 +153,9 @@ def train_model(config: ml_collections.ConfigDict, data: retrieval_data.Retrieva
 
   teachers, frozen = (), None
   if distill_weight > 0:
-    if not teacher_dirs:
+    if not loaded_teachers:
       raise UserError(f"{name}: distillation needs teachers (config.teachers)")
-    loaded = [teachers_lib.load_teacher(d) for d in teacher_dirs]
-    for teacher, variables in loaded:
-      _check_teacher(teacher, variables, data)
+    loaded = list(loaded_teachers)
     teachers = tuple(t for t, _ in loaded)
     if config.distill.teacher_mode == "cached":
       frozen = [teachers_lib.cache_embeddings(t, v, split, chunk_size=config.eval.chunk_size)
@@ -210,9 +221,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           config, data, mesh, d, name=f"teacher_{emb}", text_embedding=emb,
           seed=stage_seed(config.seed, f"teacher_{emb}")))
       teacher_dirs.append(os.path.join(stage_dir, "model"))
-  missing = [d for d in teacher_dirs if not os.path.isdir(d)]
-  if missing and config.distill.weight > 0:
-    raise UserError(f"teacher artifact directories not found: {missing}")
+  loaded_teachers = load_teachers(teacher_dirs, data) if config.distill.weight > 0 else []
+  if len(loaded_teachers) > 1:
+    # Diagnostic, not a deployable model: Phi(S_1..S_N) on the test split, i.e. the target
+    # the student is pulled towards, using every teacher's text embedding at test time.
+    embs = [tt_evaluate.embed_split(t.model, v, data.test, t.text_embedding,
+                                    chunk_size=config.eval.chunk_size)
+            for t, v in loaded_teachers]
+    results["teacher_ensemble"] = {"test": tt_evaluate.retrieval_metrics_from_embeddings(
+        embs, data.test.caption_mask, query_chunk=config.eval.query_chunk)}
 
   student_seed = stage_seed(config.seed, "student")
   students = [("student_teachtext", config.distill.weight)]
@@ -223,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      train_model(config, data, mesh, d, name=n,
                                                  text_embedding=config.student.text_embedding,
                                                  seed=student_seed, distill_weight=w,
-                                                 teacher_dirs=tuple(teacher_dirs)))
+                                                 loaded_teachers=loaded_teachers))
   if jax.process_index() == 0:
     artifacts.write_json_atomic(os.path.join(workdir, "results.json"), results)
     print(results_lib.format_table({k: v["test"] for k, v in results.items()},
