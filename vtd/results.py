@@ -1,13 +1,14 @@
 """Results tables: one run's `results.json`, or mean +- std over several (seeds).
 
-  python -m vtd.results runs/tt_seed0/results.json runs/tt_seed1/results.json ...
+  python -m vtd.results [--models=a,b] [--directions=t2v,v2t] runs/sweep/*/results.json
 
-prints, per model, t2v and v2t R@1/5/10/50, MdR, MnR and the geometric mean of R@1/5/10 as
-mean +- std (ddof = 1, as the official log parser), ready to paste into the README.
+prints, per direction, each model's R@1/5/10/50, MdR, MnR and the geometric mean of R@1/5/10
+as mean +- std (ddof = 1, as the official log parser), ready to paste into the README.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any, Mapping, Sequence
@@ -60,13 +61,28 @@ def collect(results_files: Sequence[str], split: str = "test"
   return values
 
 
-def main(argv: Sequence[str]) -> None:
-  if not argv:
-    sys.exit("usage: python -m vtd.results RESULTS_JSON [RESULTS_JSON ...]")
-  values = collect(argv)
-  n = {len(next(iter(next(iter(v.values())).values()))) for v in values.values()}
-  print(format_aggregate(values, title=f"test metrics, mean ± std over {max(n)} run(s)"))
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m vtd.results",
+                                   description="mean ± std table over results.json files")
+  parser.add_argument("files", nargs="+", help="results.json files (one per seed/run)")
+  parser.add_argument("--models", default="",
+                      help="comma-separated rows to show, in this order (default: all)")
+  parser.add_argument("--directions", default="t2v,v2t",
+                      help="comma-separated retrieval directions; one table each")
+  parser.add_argument("--split", default="test")
+  args = parser.parse_args(argv)
+  values = collect(args.files, args.split)
+  if args.models:
+    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in values]
+    if unknown:
+      sys.exit(f"vtd.results: error: no model {unknown} in the files (have {sorted(values)})")
+    values = {m: values[m] for m in wanted}
+  for d in args.directions.split(","):
+    print(format_aggregate(values, directions=(d,), title=(
+        f"{args.split} {d}, mean ± std over {len(args.files)} run(s)")))
+    print()
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  main()

@@ -36,7 +36,8 @@ Generative model
   its own *blind spots*: a random fraction `confusion` of each type's concepts is mapped
   (almost) onto one of the other, unconfused concepts of that type, so encoder k cannot tell
   the two apart. Each encoder's blind spots are drawn independently, so the encoders differ
-  in quality and make *different* mistakes: their retrieval rankings are complementary, the property TeachText exploits.
+  in quality and make *different* mistakes: their retrieval rankings are complementary, the
+  property TeachText exploits.
 
   ========= ===== ======= ========= ===========================
   name      dim   noise   confusion  role (default configs)
