@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -53,9 +54,11 @@ def test_every_optimizer_reduces_a_quadratic(name):
   tx = optim.create_optimizer(cfg(name=name, lr=0.05, schedule="constant", weight_decay=1e-4),
                               steps_per_epoch=1)
   params = jnp.array([3.0, -2.0])
-  state = tx.init(params)
-  for _ in range(600):
-    grads = 2 * params
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
+
+  def step(_, carry):
+    params, state = carry
+    updates, state = tx.update(2 * params, state, params)  # grad of |p|^2
+    return optax.apply_updates(params, updates), state
+
+  params, _ = jax.jit(lambda p: jax.lax.fori_loop(0, 600, step, (p, tx.init(p))))(params)
   assert float(jnp.sum(params ** 2)) < 0.5

@@ -167,3 +167,19 @@ def test_default_spec_size_and_generation_time():
         f"{len(d.test)} test images, generated in {elapsed:.2f} s")
   assert len(d.train) == 48 and 48 * 32 <= frames <= 48 * 48
   assert d.train[0].frames.shape[1:] == (64, 80, 3) and len(d.test) == 96
+
+
+def test_videopca_teacher_finds_easy_objects_not_hard_ones():
+  """The dataset's purpose: the teacher works on easy videos and fails more on hard ones."""
+  from vtd.segmentation.videopca import VideoPCAConfig
+  from vtd.segmentation.videopca_numpy import videopca_numpy
+
+  def teacher_j(lo, hi):
+    d = sv.generate(sv.SyntheticVideoSpec(num_train_videos=6, num_test_videos=0, min_frames=24,
+                                          max_frames=24, min_difficulty=lo, max_difficulty=hi))
+    soft = [videopca_numpy(v.frames, VideoPCAConfig(size=None), np.float32)["soft_mask"]
+            for v in d.train]
+    return np.mean([seg.jaccard(seg.binarize(s), v.masks) for s, v in zip(soft, d.train)])
+  easy, hard = teacher_j(0.0, 0.2), teacher_j(0.8, 1.0)
+  print(f"VideoPCA J on synthetic videos: easy {easy:.2f}, hard {hard:.2f}")
+  assert easy > 0.4 and hard < easy - 0.15

@@ -40,10 +40,14 @@ Public-code quirks (§2, §7) -> decision -> why:
   default: `head="sigmoid"` regresses cos itself in [0, 1] (threshold 0.8 <=> the README's 80);
   `head="linear"` restores the code's head, to be trained on `label_scale x cos` labels.
 * Dense block output excludes the block input (§2.4) -> faithful.
+* Every U-Net conv has a bias before its BatchNorm (tf.layers defaults, §2.2) -> faithful (it
+  is in the reference counts); with batch statistics the mean subtraction cancels it, so its
+  training gradient is ~0 and it only shifts the running mean.
 * Initialisation -> faithful: LowRes / FConv convs and FC truncated normal sigma 0.05 (FC bias
   0.1), U-Net / EvalSeg convs and FCs Glorot-uniform with zero bias (tf.layers defaults),
   dilated centre truncated normal 0.05. FConv's 1 x 1 score conv reuses the init of the FC it
-  replaces (truncated normal 0.05, bias 0.1; not from the paper). BatchNorm: TF defaults momentum 0.99, epsilon 1e-3.
+  replaces (truncated normal 0.05, bias 0.1; not from the paper). BatchNorm: TF defaults,
+  momentum 0.99, epsilon 1e-3.
 * Pretrained weights (Google Drive, §3.2) -> not used: vtd trains every network from scratch;
   loading published weights is left to a later issue.
 
@@ -135,7 +139,7 @@ def _same_size(input_hw: Sequence[int]) -> tuple[int, int]:
 
 
 class StreamTrunk(nn.Module):
-  """Shared trunk of LowRes-Net, FConv and EvalSeg-Net: [B, H, W, c_i] streams -> [B, H/4, W/4, bottleneck].
+  """LowRes-Net / FConv / EvalSeg-Net trunk: streams [B, H, W, c_i] -> [B, H/4, W/4, bottleneck].
 
   Per stream conv3x3 -> conv5x5 -> pool; concat; conv3x3 -> conv5x5 -> pool; conv3x3 -> conv5x5
   -> conv5x5-`bottleneck`. Every conv: stride 1, SAME, bias, ReLU; pools 2x2/2 SAME.
