@@ -20,6 +20,10 @@ def training_loop(batch_size: int, num_epochs: float) -> ml_collections.ConfigDi
       checkpoint_every_steps=100,
       # Most recent checkpoints kept (the best-on-validation one is kept as well).
       keep_last=2,
+      # Validation metric that ranks checkpoints ('' = keep the last; needs a validation set).
+      best_metric="",
+      # Whether a higher ('max') or lower ('min') best_metric is better.
+      best_mode="max",
       # Write checkpoints in a background thread.
       async_checkpointing=True,
       # Also write TensorBoard event files (tensorboardX) next to metrics.jsonl.

@@ -99,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.log_every_steps = 100
   config.train.eval_every_steps = 95  # Every 5 epochs (19 steps per epoch).
   config.train.checkpoint_every_steps = 95
+  # Checkpoint selection as the official code: best validation t2v geometric mean R@1/5/10.
+  config.train.best_metric = "t2v/geometric_mean_R1-R5-R10"
   # RAdam, lr 1e-3, wd 1e-5, lr x 0.95 per epoch: the CE+ / TT-CE+ recipe.
   config.optim = common.optimizer("radam", lr=1e-3, weight_decay=1e-5)
 

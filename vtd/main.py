@@ -26,7 +26,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 
 # config.method -> module with train_and_evaluate(config, workdir).
-METHODS = {"teachtext": "vtd.teachtext.train"}
+METHODS = {"teachtext": "vtd.teachtext.train", "segmentation": "vtd.segmentation.train"}
 
 
 class _LibraryInfoFilter(logging_std.Filter):

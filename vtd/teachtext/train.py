@@ -36,8 +36,6 @@ from vtd.teachtext import input_pipeline
 from vtd.teachtext import teachers as teachers_lib
 from vtd.teachtext.models import RetrievalModel, similarity, stack_available
 
-BEST_METRIC = "t2v/geometric_mean_R1-R5-R10"
-
 
 def load_data(data_cfg: ml_collections.ConfigDict) -> retrieval_data.RetrievalDataset:
   """The dataset named by `config.data.source`."""
@@ -184,9 +182,7 @@ def train_model(config: ml_collections.ConfigDict, data: retrieval_data.Retrieva
       loss_fn=make_loss_fn(model, text_embedding, config, distill_weight, teachers),
       optimizer=optim.create_optimizer(config.optim, steps_per_epoch), train_iter=train_iter,
       num_steps=steps, frozen=frozen, evaluate=validate)
-  loop_cfg = ml_collections.ConfigDict({**config.train.to_dict(), "best_metric": BEST_METRIC,
-                                        "best_mode": "max"})
-  fit = train_lib.fit(program, loop_cfg, stage_dir, mesh, seed)
+  fit = train_lib.fit(program, config.train, stage_dir, mesh, seed)
   test = tt_evaluate.evaluate(model, fit.variables, data.test, text_embedding,
                               chunk_size=config.eval.chunk_size,
                               query_chunk=config.eval.query_chunk)

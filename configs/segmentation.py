@@ -1,0 +1,157 @@
+r"""Unsupervised foreground segmentation over generations, on the embedded synthetic videos.
+
+Run:      python -m vtd.main --config=configs/segmentation.py --workdir=runs/seg
+Smoke:    python -m vtd.main --config=configs/segmentation.py:smoke --workdir=runs/seg_smoke
+Expected: see README.md "Segmentation" (numbers and runtime from real runs).
+
+Widths and step counts are CPU-sized (the reference nets have 3-78 M parameters and train for
+10 k-1 M steps); every knob not fixed by the papers is marked as such
+(../shared/reference/segmentation.md §8).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  # Which method vtd.main runs (vtd/segmentation/train.py).
+  config.method = "segmentation"
+  # Master seed (students and EvalSeg-Net derive theirs from it).
+  config.seed = 0
+  # Teacher -> students -> (EvalSeg-Net -> students) ... : number of student generations.
+  config.generations = 2
+
+  config.data = ml_collections.ConfigDict()
+  # synthetic: the embedded generated videos (vtd/data/synthetic_video.py).
+  config.data.source = "synthetic"
+  # Where generated data are cached ('' = regenerate every run).
+  config.data.cache_dir = "~/.cache/vtd"
+  # Working size S of the students (square); frames and masks are resized to it.
+  config.data.image_size = 64
+  # Frames are stored at round(S * augment_scale) and randomly cropped to S (the public code:
+  # resize 256 -> 310, crop 256, i.e. 1.21; not from the paper).
+  config.data.augment_scale = 1.21
+  # Generator parameters (vtd/data/synthetic_video.py documents the model).
+  config.data.synthetic = ml_collections.ConfigDict(dict(
+      seed=0,  # Dataset seed (fixed across training seeds).
+      num_train_videos=48,  # Unlabelled training videos.
+      num_test_videos=16,  # Held-out videos the test images come from.
+      min_frames=32,  # Frames per video: between min and max.
+      max_frames=48,
+      height=64,  # Frame size in pixels.
+      width=80,
+      test_frames_per_video=6,  # Test images sampled per test video.
+  ))
+
+  config.teacher = ml_collections.ConfigDict()
+  # Videos per jitted VideoPCA call (rounded up to a multiple of the device count).
+  config.teacher.batch_videos = 8
+  # VideoPCA constants (vtd/segmentation/videopca.py; reference §1.2 unless noted).
+  config.teacher.videopca = ml_collections.ConfigDict(dict(
+      size=0,  # Working resolution (square); 0 = the frames' own (not from the paper).
+      max_frames=256,  # Longest chunk given to one PCA (not from the paper).
+      num_directions=3,  # k principal directions.
+      blur_size=15,  # Gaussian blur kernel side (px) and sigma.
+      blur_sigma=5.0,
+      hyst_high=0.8,  # Hysteresis thresholds T1, T2.
+      hyst_low=0.5,
+      connectivity=8,  # Hysteresis connectivity.
+      bg_laplace=True,  # +1 smoothing of the background colour histogram (MATLAB code).
+  ))
+
+  config.selection = ml_collections.ConfigDict()
+  # Generation 1 keeps this fraction of frames, ranked globally by the mean of the non-zero
+  # teacher values (10 %: the paper's Table 1).
+  config.selection.keep_fraction = 0.10
+
+  config.students = ml_collections.ConfigDict()
+  # Comma-separated students trained at every generation (Multi-Net multiplies all of them).
+  config.students.names = "lowres_net,fconv,basic_unet,dilate_unet,dense_unet"
+  # Per-student constructor arguments (CPU-sized widths; reference widths in models.py).
+  config.students.lowres_net = ml_collections.ConfigDict(dict(features=32, bottleneck=16))
+  config.students.fconv = ml_collections.ConfigDict(dict(features=32, bottleneck=16))
+  config.students.basic_unet = ml_collections.ConfigDict(dict(
+      features=(8, 16, 32, 64, 128), center_features=128))
+  config.students.dilate_unet = ml_collections.ConfigDict(dict(features=(8, 16, 32, 64, 128)))
+  config.students.dense_unet = ml_collections.ConfigDict(dict(
+      growth_rates=(4, 8, 12, 16), transition_features=(8, 16, 32, 64), center_growth=16,
+      center_transition=64, block_layers=2))
+
+  config.student_training = ml_collections.ConfigDict()
+  # Steps and batch size per student (public code: 10 k-1 M steps, batch 16/32).
+  config.student_training.num_steps = 400
+  config.student_training.batch_size = 16
+  # Targets are soft masks x target_scale (public code: 0..255 with ReLU heads).
+  config.student_training.target_scale = 255.0
+  # mse (the reference) | bce.
+  config.student_training.loss = "mse"
+
+  config.multinet = ml_collections.ConfigDict()
+  # Student output -> [0, 1] before the product: div_scale_clip (clip(out / target_scale))
+  # | minmax per image (not from the paper, §8 #11).
+  config.multinet.normalisation = "div_scale_clip"
+
+  config.evalseg = ml_collections.ConfigDict()
+  # EvalSeg-Net widths (reference: 256/64/512) and head (sigmoid: regress cos in [0, 1]).
+  config.evalseg.model = ml_collections.ConfigDict(dict(features=32, bottleneck=16, hidden=64,
+                                                        head="sigmoid"))
+  # Labels are label_scale x cos(student mask, Multi-Net mask) (1 with the sigmoid head).
+  config.evalseg.label_scale = 1.0
+  # Fraction of training frames whose student masks train EvalSeg-Net (not from the paper);
+  # the other frames are scored.
+  config.evalseg.train_fraction = 0.10
+  config.evalseg.num_steps = 300
+  config.evalseg.batch_size = 16
+  # Adam, lr 1e-4 (public code).
+  config.evalseg.optim = common.optimizer("adam", lr=1e-4, weight_decay=0.0)
+  config.evalseg.optim.schedule = "constant"
+  # threshold: keep masks scoring >= threshold (README of the public code: 80 of 100, i.e.
+  # 0.8 in cos units) | top_fraction: keep the best keep_fraction of all scored masks.
+  config.evalseg.selection = "threshold"
+  config.evalseg.threshold = 0.8
+  config.evalseg.keep_fraction = 0.10
+
+  # Generic loop (vtd/train.py): unsupervised, so no validation; the last step is kept.
+  config.train = common.training_loop(batch_size=16, num_epochs=1)
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 200
+  # Students: Adam lr 1e-3, no weight decay, no schedule (public code).
+  config.optim = common.optimizer("adam", lr=1e-3, weight_decay=0.0)
+  config.optim.schedule = "constant"
+
+  config.eval = ml_collections.ConfigDict()
+  # Soft mask -> binary for P/J: min-max to [0, 1], then > bin_threshold (§8 #16).
+  config.eval.bin_threshold = 0.5
+  # Box from mask for CorLoc: largest_cc | all_fg (§8 #17).
+  config.eval.box_rule = "largest_cc"
+  # Test images in the PNG overlays written to <workdir>/overlays.
+  config.eval.overlay_images = 6
+
+  config.distributed = common.distributed()
+  config.runtime = common.runtime()
+
+  if arg == "smoke":
+    config.data.synthetic.update(num_train_videos=8, num_test_videos=4, min_frames=12,
+                                 max_frames=16)
+    config.data.image_size = 32
+    config.student_training.num_steps = 20
+    config.student_training.batch_size = 8
+    config.evalseg.num_steps = 20
+    config.evalseg.batch_size = 8
+    config.evalseg.train_fraction = 0.3
+    config.evalseg.selection = "top_fraction"
+    config.evalseg.keep_fraction = 0.2
+    config.selection.keep_fraction = 0.5
+    config.train.log_every_steps = 10
+    config.train.checkpoint_every_steps = 10
+  elif arg:
+    raise ValueError(f"unknown preset {arg!r}; expected smoke")
+  return config
+
+
+def sweep(add):
+  """Three seeds: the mean +- std rows of the README table."""
+  for seed in (0, 1, 2):
+    add(seed=seed)

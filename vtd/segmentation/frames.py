@@ -1,0 +1,86 @@
+"""The frame table of a segmentation run: every training frame, its teacher mask, its source.
+
+All stages after VideoPCA work on single frames (students see images, not videos), at one
+working size S x S. The table stores frames at the *augmentation* size A >= S (random S x S
+crops of it are the reference's resize-then-crop augmentation) and the teacher's soft masks
+at the same size, so crops of image and target stay aligned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import cv2
+import numpy as np
+
+
+@dataclasses.dataclass
+class FrameTable:
+  """Training frames of all videos.
+
+  Attributes:
+    images: [F, A, A, 3] uint8 frames at the augmentation size A.
+    teacher: [F, A, A] float32 VideoPCA soft masks in [0, 1] (resized like the frames).
+    scores: [F] generation-1 selection score (mean of the non-zero teacher values).
+    video_index, frame_index: [F] where each frame comes from.
+    gt_masks: [F, A, A] bool ground truth when the data have it (synthetic), else None; used
+      only to *report* selection quality, never for training.
+  """
+  images: np.ndarray
+  teacher: np.ndarray
+  scores: np.ndarray
+  video_index: np.ndarray
+  frame_index: np.ndarray
+  gt_masks: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return int(self.images.shape[0])
+
+  def save(self, path: str) -> None:
+    arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if getattr(self, f.name) is not None}
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> "FrameTable":
+    with np.load(path) as z:
+      return cls(**{k: z[k] for k in z.files})
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """[N, H, W, 3] uint8 -> [N, size, size, 3] (area interpolation, as for video frames)."""
+  if images.shape[1:3] == (size, size):
+    return images
+  return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+
+
+def resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """[N, h, w] float masks -> [N, H, W] with bilinear interpolation (the reference's targets)."""
+  h, w = hw
+  if masks.shape[1:3] == (h, w):
+    return masks.astype(np.float32)
+  return np.stack([cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+                   for m in masks])
+
+
+def nonzero_mean_scores(masks: np.ndarray) -> np.ndarray:
+  """Generation-1 selection score: mean of the non-zero values of each soft mask (0 if none).
+
+  VideoPCA's hysteresis gating sets everything outside the kept components to exactly 0, so
+  "non-zero" needs no threshold (reference §3.1).
+  """
+  flat = masks.reshape(masks.shape[0], -1)
+  nonzero = flat > 0
+  count = nonzero.sum(axis=1)
+  return np.where(count > 0, (flat * nonzero).sum(axis=1) / np.maximum(count, 1), 0.0)
+
+
+def top_fraction(scores: np.ndarray, fraction: float, minimum: int = 1) -> np.ndarray:
+  """Indices of the highest `fraction` of scores (at least `minimum`), best first."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+  k = max(minimum, int(round(fraction * scores.size)))
+  return np.argsort(-scores, kind="stable")[:k]

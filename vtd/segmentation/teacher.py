@@ -1,0 +1,84 @@
+"""Generation-1 teacher: VideoPCA over every training video, batched and sharded over `data`."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+import numpy as np
+
+from vtd import sharding
+from vtd.data import synthetic_video
+from vtd.segmentation import frames as frames_lib
+from vtd.segmentation import videopca
+
+
+def videopca_config(cfg: ml_collections.ConfigDict) -> videopca.VideoPCAConfig:
+  """`config.teacher.videopca` -> VideoPCAConfig (size 0 = run at the input resolution)."""
+  fields = cfg.to_dict()
+  size = fields.pop("size")
+  return videopca.VideoPCAConfig(size=(size, size) if size else None, **fields)
+
+
+def soft_masks(videos: list[np.ndarray], vcfg: videopca.VideoPCAConfig, mesh,
+               batch_videos: int) -> list[np.ndarray]:
+  """VideoPCA soft masks [T_i, h, w] of videos [T_i, H, W, 3] uint8 (same H, W).
+
+  Videos longer than `max_frames` are split into near-equal chunks (one PCA each); chunks are
+  zero-padded to a common length with a frame mask and processed `batch_videos` at a time,
+  the batch split over the mesh's `data` axis (padding videos are all-masked and dropped).
+  """
+  chunks = [(i, a, b) for i, v in enumerate(videos)
+            for a, b in videopca.split_video(v.shape[0], vcfg.max_frames)]
+  t_max = max(b - a for _, a, b in chunks)
+  n_dev = mesh.devices.size
+  per_call = max(n_dev, math.ceil(batch_videos / n_dev) * n_dev)
+  h, w = videos[0].shape[1:3]
+  out = [None] * len(videos)
+  pieces: dict[int, list[tuple[int, np.ndarray]]] = {}
+  for start in range(0, len(chunks), per_call):
+    group = chunks[start:start + per_call]
+    batch = np.zeros((per_call, t_max, h, w, 3), np.uint8)
+    mask = np.zeros((per_call, t_max), bool)
+    for j, (i, a, b) in enumerate(group):
+      batch[j, :b - a] = videos[i][a:b]
+      mask[j, :b - a] = True
+    with jax.set_mesh(mesh):
+      res = videopca.videopca_batch(sharding.shard_batch(batch, mesh),
+                                    sharding.shard_batch(mask, mesh), cfg=vcfg)
+    res = sharding.gather_to_host(res)
+    for j, (i, a, b) in enumerate(group):
+      pieces.setdefault(i, []).append((a, res[j, :b - a]))
+  for i, parts in pieces.items():
+    out[i] = np.concatenate([p for _, p in sorted(parts, key=lambda x: x[0])])
+  return out
+
+
+def run(data: synthetic_video.SyntheticVideoDataset, config: ml_collections.ConfigDict, mesh
+        ) -> tuple[frames_lib.FrameTable, np.ndarray]:
+  """VideoPCA on the training videos (-> frame table) and on the test videos (-> test masks).
+
+  Returns:
+    The frame table at the augmentation size, and [N_test, S, S] teacher masks of the test
+    images (S = config.data.image_size).
+  """
+  vcfg = videopca_config(config.teacher.videopca)
+  size = config.data.image_size
+  aug = int(round(size * config.data.augment_scale))
+  train_videos = [v.frames for v in data.train]
+  masks = soft_masks(train_videos, vcfg, mesh, config.teacher.batch_videos)
+  scores = np.concatenate([frames_lib.nonzero_mean_scores(m) for m in masks])
+  table = frames_lib.FrameTable(
+      images=np.concatenate([frames_lib.resize_images(v, aug) for v in train_videos]),
+      teacher=np.concatenate([frames_lib.resize_masks(m, (aug, aug)) for m in masks]),
+      scores=scores,
+      video_index=np.concatenate([np.full(len(m), i) for i, m in enumerate(masks)]),
+      frame_index=np.concatenate([np.arange(len(m)) for m in masks]),
+      gt_masks=np.concatenate([frames_lib.resize_masks(v.masks.astype(np.float32),
+                                                       (aug, aug)) > 0.5 for v in data.train]))
+  test_video_masks = soft_masks([v.frames for v in data.test_videos], vcfg, mesh,
+                                config.teacher.batch_videos)
+  test_masks = np.stack([test_video_masks[v][f] for v, f in
+                         zip(data.test.video_index, data.test.frame_index)])
+  return table, frames_lib.resize_masks(test_masks, (size, size))
