@@ -87,3 +87,9 @@ def runtime() -> ml_collections.ConfigDict:
       # Hide INFO lines of orbax/grain (per-save chatter); their warnings still show.
       quiet_library_logs=True,
   ))
+
+
+def seed_sweep(add, seeds=(0, 1, 2)) -> None:
+  """The seed sweep behind every mean +- std table in the README (launch/sweep.py)."""
+  for seed in seeds:
+    add(seed=seed)

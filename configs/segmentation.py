@@ -70,8 +70,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Comma-separated students trained at every generation (Multi-Net multiplies all of them).
   config.students.names = "lowres_net,fconv,basic_unet,dilate_unet,dense_unet"
   # Per-student constructor arguments (CPU-sized widths; reference widths in models.py).
-  config.students.lowres_net = ml_collections.ConfigDict(dict(features=32, bottleneck=16))
-  config.students.fconv = ml_collections.ConfigDict(dict(features=32, bottleneck=16))
+  config.students.lowres_net = ml_collections.ConfigDict(dict(features=16, bottleneck=8))
+  config.students.fconv = ml_collections.ConfigDict(dict(features=16, bottleneck=8))
   config.students.basic_unet = ml_collections.ConfigDict(dict(
       features=(8, 16, 32, 64, 128), center_features=128))
   config.students.dilate_unet = ml_collections.ConfigDict(dict(features=(8, 16, 32, 64, 128)))
@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.student_training = ml_collections.ConfigDict()
   # Steps and batch size per student (public code: 10 k-1 M steps, batch 16/32).
-  config.student_training.num_steps = 400
+  config.student_training.num_steps = 300
   config.student_training.batch_size = 16
   # Targets are soft masks x target_scale (public code: 0..255 with ReLU heads).
   config.student_training.target_scale = 255.0
@@ -95,7 +95,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.evalseg = ml_collections.ConfigDict()
   # EvalSeg-Net widths (reference: 256/64/512) and head (sigmoid: regress cos in [0, 1]).
-  config.evalseg.model = ml_collections.ConfigDict(dict(features=32, bottleneck=16, hidden=64,
+  config.evalseg.model = ml_collections.ConfigDict(dict(features=16, bottleneck=8, hidden=64,
                                                         head="sigmoid"))
   # Labels are label_scale x cos(student mask, Multi-Net mask) (1 with the sigmoid head).
   config.evalseg.label_scale = 1.0
@@ -109,7 +109,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evalseg.optim.schedule = "constant"
   # threshold: keep masks scoring >= threshold (README of the public code: 80 of 100, i.e.
   # 0.8 in cos units) | top_fraction: keep the best keep_fraction of all scored masks.
-  config.evalseg.selection = "threshold"
+  # top_fraction by default: the CPU-sized EvalSeg-Net on the embedded data scores at most
+  # ~0.75 (measured, gen 1, seed 0), so the reference threshold would keep nothing.
+  config.evalseg.selection = "top_fraction"
   config.evalseg.threshold = 0.8
   config.evalseg.keep_fraction = 0.10
 
@@ -153,5 +155,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def sweep(add):
   """Three seeds: the mean +- std rows of the README table."""
-  for seed in (0, 1, 2):
-    add(seed=seed)
+  common.seed_sweep(add)

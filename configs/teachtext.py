@@ -135,5 +135,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def sweep(add):
   """Three seeds: the mean +- std rows of the README table."""
-  for seed in (0, 1, 2):
-    add(seed=seed)
+  common.seed_sweep(add)

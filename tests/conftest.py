@@ -7,7 +7,16 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
 # grain and other absl users read flags; under pytest nobody parses them.
 flags.FLAGS.mark_as_parsed()
+
+# One persistent compilation cache for the whole session (a fresh, private directory): the
+# end-to-end tests compile the same step functions for several stages (e.g. generation-2
+# students have the shapes of generation-1 ones), and the suite is compile-bound on CPU.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="vtd-test-jax-cache-"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -34,8 +34,12 @@ class _LibraryInfoFilter(logging_std.Filter):
   _QUIET = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}")
 
   def filter(self, record: logging_std.LogRecord) -> bool:
-    return record.levelno >= logging_std.WARNING or not any(
-        q in record.pathname for q in self._QUIET)
+    if any(q in record.pathname for q in self._QUIET):
+      # Periodic (non-validation) checkpoints carry no metrics by design; orbax warns anyway.
+      if str(record.msg).startswith("Requested `tracked_metric`"):
+        return False
+      return record.levelno >= logging_std.WARNING
+    return True
 
 
 def configure_runtime(runtime_cfg) -> None:
