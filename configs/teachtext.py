@@ -7,7 +7,7 @@ Expected: see README.md "TeachText results" (numbers and runtime from real runs)
 
 Presets (`--config=configs/teachtext.py:<preset>`):
   (none)  the default embedded run (CE, 3 teachers, <= 10 min on a 2-core CPU).
-  smoke   the same pipeline on tiny data and models (< 1 min).
+  smoke   the same pipeline on tiny data and models (~70 s cold on a 2-core CPU).
   moee    MoEE instead of CE for teachers and student.
 """
 
