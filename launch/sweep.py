@@ -412,9 +412,10 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--sbatch", metavar="FILE",
                       help="emit 'sbatch FILE <vtd.main args>' instead (FILE "
                            "runs srun python -m vtd.main \"$@\")")
-  parser.add_argument("--python", default="python",
-                      help="interpreter for 'python -m vtd.main' (default: "
-                           "python); with --sbatch it is passed as PYTHON")
+  parser.add_argument("--python", default=None,
+                      help="interpreter for 'python -m vtd.main' (default: this "
+                           "interpreter with --run, else python); with --sbatch it is "
+                           "passed as PYTHON")
   return parser.parse_args(argv), extra
 
 
@@ -425,8 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   if os.getcwd() not in sys.path and "" not in sys.path:
     sys.path.insert(0, os.getcwd())
   try:
-    runs = build_runs(args.config, args.workdir_root, extra,
-                      python=args.python, sbatch=args.sbatch)
+    # --run executes here, so the default is the interpreter running this script (its venv);
+    # printed commands are for other machines, where plain `python` is the convention.
+    python = args.python or (sys.executable if args.run else "python")
+    runs = build_runs(args.config, args.workdir_root, extra, python=python, sbatch=args.sbatch)
   except SweepError as e:
     print(f"sweep: error: {e}", file=sys.stderr)
     return 2

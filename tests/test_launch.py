@@ -301,6 +301,18 @@ def test_run_stops_at_first_failure(tmp_path, capsys, monkeypatch):
   assert "run 2/3 (seed=1) failed with exit code 7" in err
 
 
+def test_run_defaults_to_this_interpreter(tmp_path, monkeypatch):
+  # `.venv/bin/python launch/sweep.py --run` must not fall back to whatever `python` is on
+  # PATH (that one may lack jax); printed commands keep the portable `python`.
+  cfg = _write_config(tmp_path, _SEED_LR_SWEEP)
+  calls = tmp_path / "calls"
+  fake = _fake_python(tmp_path, f'echo "$0" >> {shlex.quote(str(calls))}\n')
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  monkeypatch.setattr(sys, "executable", str(fake))
+  assert sweep.main(["--config", str(cfg), "--workdir-root", "w", "--run"]) == 0
+  assert calls.read_text().splitlines() == [str(fake)] * 3
+
+
 # --------------------------------------------------------------- shell scripts
 
 

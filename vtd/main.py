@@ -26,12 +26,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 
 # config.method -> module with train_and_evaluate(config, workdir).
-METHODS = {"teachtext": "vtd.teachtext.train", "segmentation": "vtd.segmentation.train"}
+METHODS = {"teachtext": "vtd.teachtext.train", "segmentation": "vtd.segmentation.train",
+           "uts": "vtd.uts.train"}
 
 
 class _LibraryInfoFilter(logging_std.Filter):
-  """Drops INFO lines of chatty libraries (orbax logs every save step by step) from the log."""
-  _QUIET = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}")
+  """Drops INFO lines of chatty libraries (orbax logs every save, faiss its CPU-feature probing)."""
+  _QUIET = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}", f"{os.sep}faiss{os.sep}")
 
   def filter(self, record: logging_std.LogRecord) -> bool:
     if any(q in record.pathname for q in self._QUIET):

@@ -2,8 +2,12 @@
 
   python -m vtd.results [--models=a,b] [--directions=t2v,v2t] runs/sweep/*/results.json
 
-prints, per direction, each model's R@1/5/10/50, MdR, MnR and the geometric mean of R@1/5/10
-as mean +- std (ddof = 1, as the official log parser), ready to paste into the README.
+Every method's results.json maps model -> {split: metrics}. Metrics are either grouped by
+retrieval direction (TeachText: {t2v: {R1: ...}, v2t: {...}}; one table per direction, with
+R@1/5/10/50, MdR, MnR and the geometric mean of R@1/5/10) or flat (segmentation {P, J,
+CorLoc}, UTS {DSVR, CSVR, ISVR}; one table, columns in FLAT_ORDER, then file order). Cells are mean +- std
+(ddof = 1, as the official log parser), ready to paste into the README. Entries without the
+split (run descriptions, stage bookkeeping) are ignored.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import numpy as np
 
 COLUMNS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "geometric_mean_R1-R5-R10")
 HEADERS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "Geom")
+FLAT = ""  # The group of flat (not per-direction) metrics.
+# Column order of the flat tables (results.json is written with sorted keys); others follow.
+FLAT_ORDER = ("P", "J", "CorLoc", "DSVR", "CSVR", "ISVR")
 
 
 def format_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], *,
@@ -29,13 +36,22 @@ def format_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], *,
 def format_aggregate(values: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], *,
                      title: str = "", directions: Sequence[str] = ("t2v", "v2t")) -> str:
   """values[model][direction][column] = per-seed list -> markdown table of mean (+- std)."""
-  header = ["model"] + [f"{d} {h}" for d in directions for h in HEADERS]
+  def columns(d):
+    if d != FLAT:
+      return list(zip(COLUMNS, HEADERS))
+    seen = dict.fromkeys(c for dirs in values.values() for c in dirs.get(FLAT, {}))
+    rank = lambda c: FLAT_ORDER.index(c) if c in FLAT_ORDER else len(FLAT_ORDER)
+    return [(c, c) for c in sorted(seen, key=rank)]
+
+  header = ["model"] + [f"{d} {h}".strip() for d in directions for _, h in columns(d)]
   lines = ([f"{title}", ""] if title else []) + [
       "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for model, dirs in values.items():
+    if not any(d in dirs for d in directions):
+      continue
     cells = [model]
     for d in directions:
-      for c in COLUMNS:
+      for c, _ in columns(d):
         xs = np.asarray(dirs.get(d, {}).get(c, []), float)
         if xs.size == 0:
           cells.append("-")
@@ -49,15 +65,18 @@ def format_aggregate(values: Mapping[str, Mapping[str, Mapping[str, Sequence[flo
 
 def collect(results_files: Sequence[str], split: str = "test"
             ) -> dict[str, dict[str, dict[str, list[float]]]]:
-  """Reads several results.json files -> values[model][direction][column] lists."""
+  """Reads several results.json files -> values[model][direction or FLAT][column] lists."""
   values: dict[str, Any] = {}
   for path in results_files:
     with open(path, encoding="utf-8") as f:
       run = json.load(f)
     for model, res in run.items():
-      for d, cols in res[split].items():
+      if not isinstance(res, dict) or not isinstance(res.get(split), dict):
+        continue
+      for key, val in res[split].items():
+        group, cols = (key, val) if isinstance(val, dict) else (FLAT, {key: val})
         for c, v in cols.items():
-          values.setdefault(model, {}).setdefault(d, {}).setdefault(c, []).append(v)
+          values.setdefault(model, {}).setdefault(group, {}).setdefault(c, []).append(v)
   return values
 
 
@@ -78,9 +97,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
       sys.exit(f"vtd.results: error: no model {unknown} in the files (have {sorted(values)})")
     values = {m: values[m] for m in wanted}
-  for d in args.directions.split(","):
+  groups = [FLAT] if any(FLAT in dirs for dirs in values.values()) else []
+  groups += [d for d in args.directions.split(",") if any(d in v for v in values.values())]
+  for d in groups:
     print(format_aggregate(values, directions=(d,), title=(
-        f"{args.split} {d}, mean ± std over {len(args.files)} run(s)")))
+        f"{args.split} {d or 'metrics'}, mean ± std over {len(args.files)} run(s)")))
     print()
 
 

@@ -62,20 +62,19 @@ of the videos above 0.5) and a frame CorLoc of about 0.3: good enough to teach, 
 
 from __future__ import annotations
 
-import colorsys
 import dataclasses
 import hashlib
 import json
 import os
 
-import cv2
 import numpy as np
 
+from vtd.data.rendering import bezier, fractal_noise, hsv_to_rgb, random_bezier_path
+from vtd.data.rendering import render_object, sample_bilinear, sigmoid, smooth_noise
 from vtd.errors import UserError
 
 _VERSION = 1  # Bump when the generator changes: it is part of the cache key.
 _SPLITS = {"train": 0, "test": 1}  # Split index in the per-video seed.
-_SHAPES = ("ellipse", "polygon", "blob")
 _DIFFICULTY_CLASSES = ((1 / 3, "easy"), (2 / 3, "medium"), (np.inf, "hard"))
 _VIDEO_ARRAYS = ("frames", "labels", "boxes", "camera", "difficulty")  # Cached per video.
 
@@ -197,48 +196,24 @@ class SyntheticVideoDataset:
   test: SegmentationTestSet
 
 
-# ----------------------------------------------------------------------------- textures
-
-def _noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
-  """[h, w] smooth noise with features of about `cell` px, zero mean and unit std."""
-  gh, gw = h // cell + 4, w // cell + 4
-  grid = rng.standard_normal((gh, gw)).astype(np.float32)
-  up = cv2.resize(grid, (gw * cell, gh * cell), interpolation=cv2.INTER_CUBIC)
-  oy, ox = rng.integers(cell, 2 * cell, size=2)  # Random phase; skips the border artefacts.
-  field = up[oy:oy + h, ox:ox + w]
-  return (field - field.mean()) / (field.std() + 1e-6)
-
-
-def _fractal(rng: np.random.Generator, h: int, w: int, cells: tuple[int, ...]) -> np.ndarray:
-  """Sum of `_noise` octaves, amplitude proportional to the cell size (1/f), unit std."""
-  field = sum(c * _noise(rng, h, w, c) for c in cells)
-  return (field - field.mean()) / (field.std() + 1e-6)
-
-
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-  return np.array(colorsys.hsv_to_rgb(h % 1.0, np.clip(s, 0, 1), np.clip(v, 0, 1)), np.float32)
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-  return 1.0 / (1.0 + np.exp(-x))
-
+# ----------------------------------------------------------------------------- background
 
 def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, float]:
   """[h, w, 3] float32 canvas in [0, 1] and its base hue."""
   hue = rng.random()
-  palette = [_hsv(hue + rng.normal(0, 0.08), rng.uniform(0.15, 0.8), rng.uniform(0.25, 0.9))
-             for _ in range(3)]
-  t1 = _sigmoid(2.0 * _fractal(rng, h, w, (32, 16, 8)))[..., None]
-  t2 = _sigmoid(2.0 * _fractal(rng, h, w, (12, 6)) - 1.0)[..., None]
+  palette = [hsv_to_rgb(hue + rng.normal(0, 0.08), rng.uniform(0.15, 0.8),
+                        rng.uniform(0.25, 0.9)) for _ in range(3)]
+  t1 = sigmoid(2.0 * fractal_noise(rng, h, w, (32, 16, 8)))[..., None]
+  t2 = sigmoid(2.0 * fractal_noise(rng, h, w, (12, 6)) - 1.0)[..., None]
   canvas = (1 - t1) * palette[0] + t1 * palette[1]
   canvas = (1 - 0.6 * t2) * canvas + 0.6 * t2 * palette[2]
-  canvas *= 1.0 + rng.uniform(0.03, 0.15) * _fractal(rng, h, w, (4, 2))[..., None]
+  canvas *= 1.0 + rng.uniform(0.03, 0.15) * fractal_noise(rng, h, w, (4, 2))[..., None]
   kind = rng.integers(3)
   yy, xx = np.mgrid[:h, :w].astype(np.float32)
   if kind == 1:  # Warped stripes: a strong periodic texture that moves with the camera.
     angle, period = rng.uniform(0, np.pi), rng.uniform(5, 16)
     phase = 2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period
-    stripes = np.sin(phase + 1.5 * _noise(rng, h, w, 24))[..., None]
+    stripes = np.sin(phase + 1.5 * smooth_noise(rng, h, w, 24))[..., None]
     canvas = canvas * (1 + rng.uniform(0.1, 0.3) * stripes)
   elif kind == 2:  # Soft blobs: static, object-like distractors.
     n = rng.integers(6, 17)
@@ -246,96 +221,10 @@ def _background(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, f
     alpha = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius ** 2)) * rng.uniform(
         0.4, 0.9, (n, 1, 1))
     for i in range(n):  # n <= 16 full-canvas blends (vectorised over pixels).
-      colour = _hsv(hue + rng.normal(0, 0.25), rng.uniform(0.2, 0.9), rng.uniform(0.2, 1.0))
+      colour = hsv_to_rgb(hue + rng.normal(0, 0.25), rng.uniform(0.2, 0.9),
+                          rng.uniform(0.2, 1.0))
       canvas = canvas * (1 - alpha[i, ..., None]) + colour * alpha[i, ..., None]
   return np.clip(canvas, 0, 1).astype(np.float32), float(hue)
-
-
-def _bilinear(image: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-  """Samples [h, w, C] float32 at coordinates y, x [T, H, W] (clamped) -> [T, H, W, C]."""
-  # cv2.remap per frame: ~20x faster than numpy gathers; a loop over frames, not pixels.
-  y, x = y.astype(np.float32), x.astype(np.float32)
-  return np.stack([cv2.remap(image, x[i], y[i], cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE) for i in range(y.shape[0])])
-
-
-# ----------------------------------------------------------------------------- objects
-
-def _radial(rng: np.random.Generator):
-  """A random shape: returns r(phi) (vectorised), the object-space boundary radius."""
-  kind = _SHAPES[rng.integers(len(_SHAPES))]
-  if kind == "ellipse":
-    return lambda phi: np.ones_like(phi)
-  if kind == "polygon":
-    sector = 2 * np.pi / int(rng.integers(3, 7))
-    offset, rounding = rng.uniform([0, 0.2], [2 * np.pi, 0.6]).tolist()
-    # Polygon of circumradius 1.1 (area near the unit circle's), rounded by a circle blend.
-    return lambda phi: rounding + (1 - rounding) * 1.1 * np.cos(sector / 2) / np.cos(
-        np.mod(phi - offset, sector) - sector / 2)
-  harmonics = [(k, float(rng.uniform(0, 0.6) / k), float(rng.uniform(0, 2 * np.pi)))
-               for k in range(2, 6)]
-  return lambda phi: 1 + sum(a * np.cos(k * phi + p) for k, a, p in harmonics)
-
-
-def _path(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray, length: float,
-          spread: float) -> np.ndarray:
-  """[3, 2] control points (y, x) of a bent quadratic Bezier path inside the box [lo, hi]."""
-  p0 = (lo + hi) / 2 + spread * rng.uniform(-1, 1, 2) * (hi - lo) / 2
-  direction = rng.normal(size=2)
-  p2 = np.clip(p0 + length * direction / np.linalg.norm(direction), lo, hi)
-  normal = np.array([p0[1] - p2[1], p2[0] - p0[0]])
-  p1 = np.clip((p0 + p2) / 2 + rng.uniform(-0.4, 0.4) * normal, lo, hi)
-  return np.stack([p0, p1, p2])
-
-
-def _bezier(points: np.ndarray, u: np.ndarray) -> np.ndarray:
-  """[T, 2] points of the quadratic Bezier curve at parameters u [T]."""
-  return (1 - u[:, None]) ** 2 * points[0] + 2 * (u * (1 - u))[:, None] * points[1] + (
-      u[:, None] ** 2 * points[2])
-
-
-def _object_texture(rng: np.random.Generator, main: np.ndarray) -> np.ndarray:
-  """[48, 48, 3] texture patch over object coordinates [-1.5, 1.5]^2."""
-  size = 48
-  second = np.clip(main * rng.uniform(0.5, 1.4) + rng.normal(0, 0.12, 3), 0, 1)
-  style = rng.integers(3)
-  if style == 0:  # Smooth mottling.
-    t = _sigmoid(2 * _fractal(rng, size, size, (12, 6)))
-  elif style == 1:  # Spots.
-    t = _sigmoid(6 * (_noise(rng, size, size, 6) - 0.5))
-  else:  # Stripes, fixed to the object (they rotate with it).
-    yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    angle, period = rng.uniform(0, np.pi), rng.uniform(5, 12)
-    t = 0.5 + 0.5 * np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
-  t = (rng.uniform(0.3, 0.8) * t)[..., None]
-  return ((1 - t) * main + t * second).astype(np.float32)
-
-
-def _render_object(rng: np.random.Generator, centres: np.ndarray,
-                   radius: float, main: np.ndarray, yy: np.ndarray, xx: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Colour [T, H, W, 3], alpha [T, H, W] and inside [T, H, W] bool of one object."""
-  # Float32 throughout (per-frame parameters are cast first): twice as fast as float64.
-  t = centres.shape[0]
-  shape = _radial(rng)
-  aspect = float(np.exp(rng.uniform(-0.35, 0.35)))
-  theta = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.03, 0.03) * np.arange(t)
-  scale = 1 + rng.uniform(0, 0.1) * np.sin(
-      2 * np.pi * rng.uniform(0.3, 1.5) * np.arange(t) / t + rng.uniform(0, 2 * np.pi))
-  per_frame = lambda a: np.asarray(a, np.float32)[:, None, None]
-  dy = yy[None] - per_frame(centres[:, 0])
-  dx = xx[None] - per_frame(centres[:, 1])
-  cos, sin = per_frame(np.cos(theta)), per_frame(np.sin(theta))
-  size = per_frame(radius * scale)
-  u = (dx * cos + dy * sin) / (size * aspect)
-  v = (-dx * sin + dy * cos) / (size / aspect)
-  edge_px = (shape(np.arctan2(v, u)) - np.hypot(u, v)) * size * min(aspect, 1 / aspect)
-  alpha = np.clip(edge_px + 0.5, 0, 1).astype(np.float32)
-  texture = _object_texture(rng, main)  # Sampled in object coordinates: moves with it.
-  colour = _bilinear(texture, (v + 1.5) * 47 / 3, (u + 1.5) * 47 / 3)
-  light, strength = rng.uniform([0, 0.05], [2 * np.pi, 0.25]).tolist()
-  shading = 1 + strength * np.clip(u * np.cos(light) + v * np.sin(light), -1, 1)
-  return colour * shading[..., None], alpha, edge_px > 0
 
 
 # ----------------------------------------------------------------------------- videos
@@ -373,7 +262,7 @@ def _video(spec: SyntheticVideoSpec, split: str, index: int) -> tuple[SyntheticV
   yy, xx = np.mgrid[:h, :w].astype(np.float32)
   ys = view[:, 0, None, None] + (yy - (h - 1) / 2) / zoom[:, None, None]
   xs = view[:, 1, None, None] + (xx - (w - 1) / 2) / zoom[:, None, None]
-  frames = _bilinear(canvas, ys, xs)
+  frames = sample_bilinear(canvas, ys, xs)
 
   # Objects: paths first (the occluder's path depends on the first object's).
   n_obj = 1 + int(rng.binomial(spec.max_objects - 1, spec.extra_object_prob))
@@ -382,23 +271,22 @@ def _video(spec: SyntheticVideoSpec, split: str, index: int) -> tuple[SyntheticV
   for k in range(n_obj):
     lo, hi = np.full(2, 0.8 * radii[k]), np.array([h - 1, w - 1]) - 0.8 * radii[k]
     length = rng.uniform(0.3, 1.0) * spec.object_motion * min(h, w) * (1 - 0.8 * d)
-    points = _path(rng, lo, hi, length, spec.object_spread * (0.2 + 0.8 * d))
+    points = random_bezier_path(rng, lo, hi, length, spec.object_spread * (0.2 + 0.8 * d))
     if k == 1 and rng.random() < spec.occlusion_prob:
       # Cross the first object's mid-video position, slightly off-centre: partial occlusion.
       direction = rng.normal(size=2)
-      target = _bezier(paths[0], np.array([0.5]))[0] + 0.5 * (radii[0] + radii[1]) * (
+      target = bezier(paths[0], np.array([0.5]))[0] + 0.5 * (radii[0] + radii[1]) * (
           direction / np.linalg.norm(direction))
-      points = np.clip(points + target - _bezier(points, np.array([0.5]))[0], lo, hi)
+      points = np.clip(points + target - bezier(points, np.array([0.5]))[0], lo, hi)
     paths.append(points)
 
   labels = np.zeros((t, h, w), np.uint8)
   for k in range(n_obj):
-    distinct = _hsv(hue + 0.5 + rng.normal(0, 0.12), rng.uniform(0.45, 1.0),
-                    rng.uniform(0.45, 1.0))
+    distinct = hsv_to_rgb(hue + 0.5 + rng.normal(0, 0.12), rng.uniform(0.45, 1.0),
+                          rng.uniform(0.45, 1.0))
     camouflage = canvas[rng.integers(ch), rng.integers(cw)]
     main = (1 - 0.8 * d) * distinct + 0.8 * d * camouflage
-    colour, alpha, inside = _render_object(rng, _bezier(paths[k], u), radii[k], main,
-                                           yy, xx)
+    colour, alpha, inside = render_object(rng, bezier(paths[k], u), radii[k], main, yy, xx)
     frames = frames * (1 - alpha[..., None]) + colour * alpha[..., None]
     labels[inside] = k + 1
 
