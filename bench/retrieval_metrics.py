@@ -12,9 +12,7 @@ working memory on top of the input matrix (for vtd it includes XLA compilation).
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `vtd`
+
+import measure  # noqa: E402  (bench/ is on sys.path as the script folder)
 
 KEYS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "geometric_mean_R1-R5-R10", "num_queries")
 
@@ -92,10 +92,6 @@ def numpy_official(sims: np.ndarray, query_mask: np.ndarray) -> dict[str, dict[s
           "v2t": cols2metrics(v2t_ranks, num_videos)}
 
 
-def _peak_rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def _worker(impl: str, args: argparse.Namespace, conn) -> None:
   if impl == "vtd":
     import jax  # pylint: disable=g-import-not-at-top
@@ -106,7 +102,7 @@ def _worker(impl: str, args: argparse.Namespace, conn) -> None:
     run = numpy_official
   sims = make_sims(args.num_videos, args.captions, args.seed, args.signal)
   mask = np.ones((args.num_videos, args.captions), bool)
-  base = _peak_rss_mib()
+  base = measure.peak_rss_mib()
   times = []
   first = None
   if impl == "vtd":
@@ -118,19 +114,12 @@ def _worker(impl: str, args: argparse.Namespace, conn) -> None:
     metrics = run(sims, mask)
     times.append(time.perf_counter() - t0)
   conn.send({"times": times, "first": first, "metrics": metrics,
-             "extra_rss": _peak_rss_mib() - base, "sims_mib": sims.nbytes / 2**20})
+             "extra_rss": measure.peak_rss_mib() - base, "sims_mib": sims.nbytes / 2**20})
   conn.close()
 
 
-def _run_in_subprocess(impl: str, args: argparse.Namespace) -> dict:
-  ctx = mp.get_context("spawn")
-  parent, child = ctx.Pipe(duplex=False)
-  proc = ctx.Process(target=_worker, args=(impl, args, child))
-  proc.start()
-  child.close()
-  result = parent.recv()
-  proc.join()
-  return result
+def run_impl(impl: str, args: argparse.Namespace) -> dict:
+  return measure.run_in_subprocess(_worker, impl, args)
 
 
 def main() -> None:
@@ -146,7 +135,7 @@ def main() -> None:
   n_q, n_v = args.num_videos * args.captions, args.num_videos
   print(f"sims [{n_q} x {n_v}] float32 ({n_q * n_v * 4 / 2**20:.0f} MiB), "
         f"{os.cpu_count()} CPUs, repeats={args.repeats}, query_chunk={args.query_chunk}")
-  res = {impl: _run_in_subprocess(impl, args) for impl in ("vtd", "numpy")}
+  res = {impl: run_impl(impl, args) for impl in ("vtd", "numpy")}
 
   diffs = [abs(res["vtd"]["metrics"][d][key] - res["numpy"]["metrics"][d][key])
            for d in ("t2v", "v2t") for key in KEYS]

@@ -21,9 +21,7 @@ Project goal: >= 5x the NumPy frames/s on CPU. Large NumPy configurations above
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `vtd`
+
+import measure  # noqa: E402  (bench/ is on sys.path as the script folder)
 
 
 def make_video(frames: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,10 +60,6 @@ def mean_iou(soft: np.ndarray, gt: np.ndarray) -> float:
   return float(np.mean(inter / np.maximum(union, 1)))
 
 
-def _peak_rss_mib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def _worker(impl: str, frames: int, size: int, repeats: int, conn) -> None:
   from vtd.segmentation import videopca as vp  # pylint: disable=g-import-not-at-top
   cfg = vp.VideoPCAConfig(size=None)
@@ -73,7 +69,7 @@ def _worker(impl: str, frames: int, size: int, repeats: int, conn) -> None:
     import jax  # pylint: disable=g-import-not-at-top
     jax.devices()  # Initialise the backend before the memory baseline.
     video_dev = jax.device_put(video)
-    base = _peak_rss_mib()
+    base = measure.peak_rss_mib()
     t0 = time.perf_counter()
     kernel = jax.jit(lambda v: vp.videopca_soft_masks(v, None, cfg))
     compiled = kernel.lower(video_dev).compile()
@@ -86,27 +82,20 @@ def _worker(impl: str, frames: int, size: int, repeats: int, conn) -> None:
     run = lambda: np.asarray(jax.block_until_ready(compiled(video_dev)))
   else:
     from vtd.segmentation import videopca_numpy as vn  # pylint: disable=g-import-not-at-top
-    base = _peak_rss_mib()
+    base = measure.peak_rss_mib()
     run = lambda: vn.videopca_numpy(video, cfg, dtype=np.float32)["soft_mask"]
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     soft = run()
     times.append(time.perf_counter() - t0)
-  out.update(time=min(times), extra_rss=_peak_rss_mib() - base, iou=mean_iou(soft, gt))
+  out.update(time=min(times), extra_rss=measure.peak_rss_mib() - base, iou=mean_iou(soft, gt))
   conn.send(out)
   conn.close()
 
 
-def run_in_subprocess(impl: str, frames: int, size: int, repeats: int) -> dict:
-  ctx = mp.get_context("spawn")
-  parent, child = ctx.Pipe(duplex=False)
-  proc = ctx.Process(target=_worker, args=(impl, frames, size, repeats, child))
-  proc.start()
-  child.close()
-  result = parent.recv()
-  proc.join()
-  return result
+def run_impl(impl: str, frames: int, size: int, repeats: int) -> dict:
+  return measure.run_in_subprocess(_worker, impl, frames, size, repeats)
 
 
 def _ints(text: str) -> list[int]:
@@ -135,9 +124,9 @@ def main() -> None:
   print("-" * len(header))
   for size in args.sizes:
     for frames in args.frames:
-      j = run_in_subprocess("jax", frames, size, args.repeats)
+      j = run_impl("jax", frames, size, args.repeats)
       skip = frames * size * size > args.numpy_max_work
-      n = None if skip else run_in_subprocess("numpy", frames, size, args.repeats)
+      n = None if skip else run_impl("numpy", frames, size, args.repeats)
       jfps = frames / j["time"]
       xla = f"{j['xla_mib']:8.0f}" if j["xla_mib"] is not None else f"{'n/a':>8}"
       if n is None:

@@ -24,8 +24,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.generations = 2
 
   config.data = ml_collections.ConfigDict()
-  # synthetic: the embedded generated videos (vtd/data/synthetic_video.py).
-  config.data.source = "synthetic"
+  # Training videos: '' = the embedded synthetic videos (vtd/data/synthetic_video.py); a folder
+  # = every video file (mp4, avi, ...) and frame folder under it, read with OpenCV
+  # (vtd/segmentation/input_pipeline.py).
+  config.data.videos = ""
+  # Real videos are resized to (H, W) on read (VideoPCA works at this size).
+  config.data.video_size = (64, 80)
+  # Keep at most this many frames per real video (0 = all), every video_stride-th frame.
+  config.data.video_max_frames = 0
+  config.data.video_stride = 1
+  # An unreadable real video: skip (warn, count in results.json) | raise.
+  config.data.on_unreadable = "skip"
+  # Test set for the reported metrics: auto (synthetic with synthetic videos, none with real
+  # ones) | synthetic | object_discovery (P, J) | youtube_objects (CorLoc) | none.
+  config.data.test_set = "auto"
+  # Root folder of the Object Discovery / YouTube-Objects test set.
+  config.data.test_root = ""
+  # Comma-separated class folders of the test set ('' = the reader's defaults: Airplane100,
+  # Car100, Horse100 / the 10 YouTube-Objects classes).
+  config.data.test_classes = ""
+  # YouTube-Objects annotated frames: all | train | test (vtd/data/youtube_objects.py).
+  config.data.test_split = "all"
   # Where generated data are cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"
   # Working size S of the students (square); frames and masks are resized to it.
@@ -135,6 +154,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.bin_threshold = 0.5
   # Box from mask for CorLoc: largest_cc | all_fg (§8 #17).
   config.eval.box_rule = "largest_cc"
+  # Refine each binary mask with OpenCV GrabCut before P/J/CorLoc (§5.3; off in the tables).
+  config.eval.grabcut = False
   # Test images in the PNG overlays written to <workdir>/overlays.
   config.eval.overlay_images = 6
 

@@ -48,6 +48,15 @@ def write_json_atomic(path: str, payload: Any) -> None:
   os.replace(tmp, path)
 
 
+def save_npz_atomic(path: str, **arrays: Any) -> None:
+  """np.savez via a per-process temporary file + rename: readers (and other processes writing
+  the same file) never see half a file."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
 def save_artifact(directory: str, variables: Any, config: ml_collections.ConfigDict,
                   metadata: dict[str, Any]) -> None:
   """Writes an artifact atomically (a crash leaves either the old one or the new one)."""

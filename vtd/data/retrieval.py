@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from vtd import artifacts
 from vtd.errors import UserError
 
 
@@ -28,12 +29,15 @@ class RetrievalSplit:
     expert_available: name -> [N_v] bool; False where the expert is missing for a video.
     text: embedding name -> [N_v, K, L, D_name] word features, zero-padded in K and L.
     caption_mask: [N_v, K] bool, True where caption slot k of video v exists.
+    caption_noise: [N_v, K] bool, True where a caption is known to be wrong (injected label
+      noise of the embedded data), else None. Only used to *report* denoising precision.
   """
   video_ids: list[str]
   experts: dict[str, np.ndarray]
   expert_available: dict[str, np.ndarray]
   text: dict[str, np.ndarray]
   caption_mask: np.ndarray
+  caption_noise: np.ndarray | None = None
 
   def __post_init__(self):
     self.validate()
@@ -72,6 +76,9 @@ class RetrievalSplit:
       avail = self.expert_available.get(name)
       if avail is None or avail.shape != (n,):
         raise UserError(f"expert {name!r} needs an availability vector of shape ({n},)")
+    if self.caption_noise is not None and self.caption_noise.shape != self.caption_mask.shape:
+      raise UserError(f"caption_noise must be [N_v, K] = {self.caption_mask.shape}, got "
+                      f"{self.caption_noise.shape}")
     for name, feats in self.text.items():
       if feats.ndim != 4 or feats.shape[:2] != self.caption_mask.shape:
         raise UserError(f"text embedding {name!r} must be [N_v, K, L, D] with [N_v, K] = "
@@ -103,22 +110,22 @@ def save_npz(ds: RetrievalDataset, path: str) -> None:
   """Writes vtd's single-file retrieval format (also the embedded dataset's cache).
 
   Keys: `<split>/video_ids`, `<split>/caption_mask`, `<split>/expert/<name>`,
-  `<split>/available/<name>`, `<split>/text/<embedding>`; written atomically.
+  `<split>/available/<name>`, `<split>/text/<embedding>`, optionally `<split>/caption_noise`;
+  written atomically.
   """
   arrays = {}
   for split in _SPLITS:
     s = ds.split(split)
     arrays[f"{split}/video_ids"] = np.asarray(s.video_ids)
     arrays[f"{split}/caption_mask"] = s.caption_mask
+    if s.caption_noise is not None:
+      arrays[f"{split}/caption_noise"] = s.caption_noise
     for k, v in s.experts.items():
       arrays[f"{split}/expert/{k}"] = v
       arrays[f"{split}/available/{k}"] = s.expert_available[k]
     for k, v in s.text.items():
       arrays[f"{split}/text/{k}"] = v
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"  # Concurrent writers (processes) never clash.
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  artifacts.save_npz_atomic(path, **arrays)
 
 
 def load_npz(path: str) -> RetrievalDataset:
@@ -137,5 +144,7 @@ def load_npz(path: str) -> RetrievalDataset:
       splits[split] = RetrievalSplit(
           video_ids=[str(v) for v in arrays[f"{split}/video_ids"]], experts=pick("expert"),
           expert_available=pick("available"), text=pick("text"),
-          caption_mask=arrays[f"{split}/caption_mask"])
+          caption_mask=arrays[f"{split}/caption_mask"],
+          caption_noise=(arrays[f"{split}/caption_noise"] if f"{split}/caption_noise" in keys
+                         else None))
   return RetrievalDataset(**splits, description=f"npz {path}")

@@ -109,6 +109,8 @@ import os
 
 import numpy as np
 
+from vtd import artifacts
+from vtd.data import cache
 from vtd.data.synthetic_fivr_render import STREAMS, Camera, World, jitter_style, make_channel
 from vtd.data.synthetic_fivr_render import random_style, stream, upload_edit
 from vtd.errors import UserError
@@ -445,10 +447,7 @@ def save_npz(ds: SyntheticFivr, path: str) -> None:
             "query_ids": np.asarray(ds.query_ids, dtype=str), "events": ds.events,
             "kinds": np.asarray(ds.kinds, dtype=str),
             "annotation": np.asarray(json.dumps(ds.annotation))}
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"  # Concurrent writers (processes) never clash.
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  artifacts.save_npz_atomic(path, **arrays)
 
 
 def load_npz(path: str, spec: SyntheticFivrSpec) -> SyntheticFivr:
@@ -480,11 +479,5 @@ def cache_path(spec: SyntheticFivrSpec, cache_dir: str) -> str:
 def load_or_generate(spec: SyntheticFivrSpec = SyntheticFivrSpec(),
                      cache_dir: str | None = None) -> SyntheticFivr:
   """Loads the cached collection for `spec`, generating (and caching) it on first use."""
-  if not cache_dir:
-    return generate(spec)
-  path = cache_path(spec, cache_dir)
-  if os.path.exists(path):
-    return load_npz(path, spec)
-  ds = generate(spec)
-  save_npz(ds, path)
-  return ds
+  return cache.load_or_generate(cache_dir and cache_path(spec, cache_dir),
+                                lambda: generate(spec), lambda p: load_npz(p, spec), save_npz)

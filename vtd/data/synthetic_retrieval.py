@@ -30,7 +30,8 @@ Generative model
   videos have `train_captions` captions; val/test videos have between `test_captions_min`
   and `test_captions_max` (padded slots masked), every caption an independent query.
   A fraction `wrong_caption_fraction` of *training* captions is replaced by a caption of
-  another random video (label noise, as in crowd-sourced captions; 0 by default).
+  another random video (label noise, as in crowd-sourced captions; 0 by default). Which ones
+  is kept in `caption_noise`, to report the precision of denoising (never used to train).
 * **Text embeddings** (K = 3, different dimensions): each is a word-level encoder
   E_k: word -> R^{D_k} with its own random code book, per-token Gaussian noise sigma_k, and
   its own *blind spots*: a random fraction `confusion` of each type's concepts is mapped
@@ -60,6 +61,7 @@ import os
 
 import numpy as np
 
+from vtd.data import cache
 from vtd.data.retrieval import RetrievalDataset, RetrievalSplit, load_npz, save_npz
 
 TYPES = ("object", "action", "scene", "sound")
@@ -96,7 +98,7 @@ class SyntheticRetrievalSpec:
 
   def cache_key(self) -> str:
     payload = json.dumps({**dataclasses.asdict(self), "experts": EXPERTS,
-                          "text": TEXT_EMBEDDINGS, "version": 2}, sort_keys=True)
+                          "text": TEXT_EMBEDDINGS, "version": 3}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -173,11 +175,13 @@ def _make_split(world: _World, spec: SyntheticRetrievalSpec, rng: np.random.Gene
   for v in range(num_videos):
     caption_mask[v, :rng.integers(k_min, k_max + 1)] = True
   words = np.full((num_videos, k_max, MAX_CAPTION_TOKENS), -1, np.int64)
+  wrong = np.zeros((num_videos, k_max), bool)
   for v in range(num_videos):
     for k in np.flatnonzero(caption_mask[v]):
       source = v
       if wrong_fraction > 0 and rng.random() < wrong_fraction:
         source = (v + 1 + rng.integers(num_videos - 1)) % num_videos
+        wrong[v, k] = True
       cs = np.array(concept_sets[source])
       kept = cs[rng.random(len(cs)) < 0.6]
       if kept.size == 0:
@@ -194,7 +198,7 @@ def _make_split(world: _World, spec: SyntheticRetrievalSpec, rng: np.random.Gene
     text[tname] = feats.astype(np.float32)
   ids = [f"{name}{v:05d}" for v in range(num_videos)]
   return RetrievalSplit(video_ids=ids, experts=experts, expert_available=available, text=text,
-                        caption_mask=caption_mask)
+                        caption_mask=caption_mask, caption_noise=wrong)
 
 
 def generate(spec: SyntheticRetrievalSpec) -> RetrievalDataset:
@@ -213,11 +217,6 @@ def generate(spec: SyntheticRetrievalSpec) -> RetrievalDataset:
 
 def load_or_generate(spec: SyntheticRetrievalSpec, cache_dir: str | None) -> RetrievalDataset:
   """Loads the cached dataset for `spec`, generating (and caching) it on first use."""
-  if not cache_dir:
-    return generate(spec)
-  path = os.path.join(os.path.expanduser(cache_dir), f"synthetic_retrieval_{spec.cache_key()}.npz")
-  if os.path.exists(path):
-    return load_npz(path)
-  ds = generate(spec)
-  save_npz(ds, path)
-  return ds
+  path = cache_dir and os.path.join(os.path.expanduser(cache_dir),
+                                    f"synthetic_retrieval_{spec.cache_key()}.npz")
+  return cache.load_or_generate(path, lambda: generate(spec), load_npz, save_npz)

@@ -69,6 +69,8 @@ import os
 
 import numpy as np
 
+from vtd import artifacts
+from vtd.data import cache
 from vtd.data.rendering import bezier, fractal_noise, hsv_to_rgb, random_bezier_path
 from vtd.data.rendering import render_object, sample_bilinear, sigmoid, smooth_noise
 from vtd.errors import UserError
@@ -344,10 +346,7 @@ def save_npz(ds: SyntheticVideoDataset, path: str) -> None:
     arrays[f"{split}/count"] = np.asarray(len(videos))
     for i, v in enumerate(videos):
       arrays.update({f"{split}/{i}/{name}": getattr(v, name) for name in _VIDEO_ARRAYS})
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"  # Concurrent writers (processes) never clash.
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  artifacts.save_npz_atomic(path, **arrays)
 
 
 def load_npz(path: str, spec: SyntheticVideoSpec) -> SyntheticVideoDataset:
@@ -376,11 +375,5 @@ def cache_path(spec: SyntheticVideoSpec, cache_dir: str) -> str:
 def load_or_generate(spec: SyntheticVideoSpec = SyntheticVideoSpec(),
                      cache_dir: str | None = None) -> SyntheticVideoDataset:
   """Loads the cached dataset for `spec`, generating (and caching) it on first use."""
-  if not cache_dir:
-    return generate(spec)
-  path = cache_path(spec, cache_dir)
-  if os.path.exists(path):
-    return load_npz(path, spec)
-  ds = generate(spec)
-  save_npz(ds, path)
-  return ds
+  return cache.load_or_generate(cache_dir and cache_path(spec, cache_dir),
+                                lambda: generate(spec), lambda p: load_npz(p, spec), save_npz)

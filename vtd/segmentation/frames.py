@@ -9,10 +9,11 @@ at the same size, so crops of image and target stay aligned.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import cv2
 import numpy as np
+
+from vtd import artifacts
 
 
 @dataclasses.dataclass
@@ -40,9 +41,7 @@ class FrameTable:
   def save(self, path: str) -> None:
     arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
               if getattr(self, f.name) is not None}
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    artifacts.save_npz_atomic(path, **arrays)
 
   @classmethod
   def load(cls, path: str) -> "FrameTable":
@@ -50,9 +49,10 @@ class FrameTable:
       return cls(**{k: z[k] for k in z.files})
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-  """[N, H, W, 3] uint8 -> [N, size, size, 3] (area interpolation, as for video frames)."""
-  if images.shape[1:3] == (size, size):
+def resize_images(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
+  """[N, H, W, 3] uint8 (or N images of any sizes) -> [N, size, size, 3] (area interpolation,
+  as for video frames)."""
+  if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
     return images
   return np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
 

@@ -9,8 +9,8 @@ import ml_collections
 import numpy as np
 
 from vtd import sharding
-from vtd.data import synthetic_video
 from vtd.segmentation import frames as frames_lib
+from vtd.segmentation import input_pipeline
 from vtd.segmentation import videopca
 
 
@@ -55,30 +55,34 @@ def soft_masks(videos: list[np.ndarray], vcfg: videopca.VideoPCAConfig, mesh,
   return out
 
 
-def run(data: synthetic_video.SyntheticVideoDataset, config: ml_collections.ConfigDict, mesh
-        ) -> tuple[frames_lib.FrameTable, np.ndarray]:
+def run(train: input_pipeline.TrainVideos, test: input_pipeline.TestSet | None,
+        config: ml_collections.ConfigDict, mesh
+        ) -> tuple[frames_lib.FrameTable, np.ndarray | None]:
   """VideoPCA on the training videos (-> frame table) and on the test videos (-> test masks).
 
   Returns:
     The frame table at the augmentation size, and [N_test, S, S] teacher masks of the test
-    images (S = config.data.image_size).
+    images (S = config.data.image_size), or None when the test set has no source videos.
   """
   vcfg = videopca_config(config.teacher.videopca)
   size = config.data.image_size
   aug = int(round(size * config.data.augment_scale))
-  train_videos = [v.frames for v in data.train]
-  masks = soft_masks(train_videos, vcfg, mesh, config.teacher.batch_videos)
+  masks = soft_masks(train.videos, vcfg, mesh, config.teacher.batch_videos)
   scores = np.concatenate([frames_lib.nonzero_mean_scores(m) for m in masks])
+  gt = None
+  if train.gt_masks is not None:
+    gt = np.concatenate([frames_lib.resize_masks(m.astype(np.float32), (aug, aug)) > 0.5
+                         for m in train.gt_masks])
   table = frames_lib.FrameTable(
-      images=np.concatenate([frames_lib.resize_images(v, aug) for v in train_videos]),
+      images=np.concatenate([frames_lib.resize_images(v, aug) for v in train.videos]),
       teacher=np.concatenate([frames_lib.resize_masks(m, (aug, aug)) for m in masks]),
       scores=scores,
       video_index=np.concatenate([np.full(len(m), i) for i, m in enumerate(masks)]),
       frame_index=np.concatenate([np.arange(len(m)) for m in masks]),
-      gt_masks=np.concatenate([frames_lib.resize_masks(v.masks.astype(np.float32),
-                                                       (aug, aug)) > 0.5 for v in data.train]))
-  test_video_masks = soft_masks([v.frames for v in data.test_videos], vcfg, mesh,
-                                config.teacher.batch_videos)
+      gt_masks=gt)
+  if test is None or test.videos is None:
+    return table, None
+  test_video_masks = soft_masks(test.videos, vcfg, mesh, config.teacher.batch_videos)
   test_masks = np.stack([test_video_masks[v][f] for v, f in
-                         zip(data.test.video_index, data.test.frame_index)])
+                         zip(test.video_index, test.frame_index)])
   return table, frames_lib.resize_masks(test_masks, (size, size))

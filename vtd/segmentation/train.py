@@ -23,22 +23,14 @@ from vtd import artifacts
 from vtd import sharding
 from vtd import stages
 from vtd import train as train_lib
-from vtd.data import synthetic_video
 from vtd.errors import UserError
 from vtd.evaluators import segmentation as seg_metrics
 from vtd.segmentation import frames as frames_lib
+from vtd.segmentation import input_pipeline
 from vtd.segmentation import models
 from vtd.segmentation import overlays
 from vtd.segmentation import students as students_lib
 from vtd.segmentation import teacher as teacher_lib
-
-
-def load_data(config: ml_collections.ConfigDict) -> synthetic_video.SyntheticVideoDataset:
-  if config.data.source != "synthetic":
-    raise UserError(f"config.data.source must be 'synthetic' (real videos: set "
-                    f"config.data.videos), got {config.data.source!r}")
-  spec = synthetic_video.SyntheticVideoSpec(**config.data.synthetic.to_dict())
-  return synthetic_video.load_or_generate(spec, config.data.cache_dir or None)
 
 
 def _student_names(config) -> list[str]:
@@ -49,16 +41,35 @@ def _student_names(config) -> list[str]:
   return names
 
 
-def test_metrics(masks: np.ndarray, test: synthetic_video.SegmentationTestSet,
+def test_metrics(masks: np.ndarray, test: input_pipeline.TestSet,
                  eval_cfg: ml_collections.ConfigDict) -> dict[str, float]:
-  """P, J (percent, Object Discovery protocol) and CorLoc (percent) of soft masks [N, s, s]."""
-  h, w = test.masks.shape[1:]
-  soft = frames_lib.resize_masks(masks, (h, w))
-  binary = seg_metrics.binarize(soft, eval_cfg.bin_threshold, normalize=True)
-  boxes = seg_metrics.masks_to_boxes(binary, rule=eval_cfg.box_rule)
-  return {"P": 100 * seg_metrics.pixel_accuracy(binary, test.masks),
-          "J": 100 * seg_metrics.jaccard(binary, test.masks),
-          "CorLoc": 100 * seg_metrics.corloc(boxes, test.gt_boxes())}
+  """Metrics (percent) of soft masks [N, s, s] against the test set's ground truth.
+
+  Each mask is resized to its image's original size (the protocols never resize the ground
+  truth), min-max normalised and thresholded (or refined with GrabCut). P and J where the set
+  has masks (Object Discovery protocol), CorLoc where it has boxes (YouTube-Objects).
+  """
+  binary = []
+  for mask, image in zip(masks, test.images):
+    soft = frames_lib.resize_masks(mask[None], image.shape[:2])[0]
+    if eval_cfg.grabcut:
+      binary.append(seg_metrics.grabcut_refine(image, soft, threshold=eval_cfg.bin_threshold))
+    else:
+      binary.append(seg_metrics.binarize(soft, eval_cfg.bin_threshold, normalize=True))
+  by_class = test.average == "classes"
+  out = {}
+  if test.masks is not None:
+    if by_class:
+      scores = seg_metrics.object_discovery_scores(binary, test.masks, test.class_names)
+      out.update(P=scores["mean/P"], J=scores["mean/J"])
+    else:
+      out.update(P=100 * seg_metrics.pixel_accuracy(binary, test.masks),
+                 J=100 * seg_metrics.jaccard(binary, test.masks))
+  if test.boxes is not None:
+    boxes = seg_metrics.masks_to_boxes(binary, rule=eval_cfg.box_rule)
+    out["CorLoc"] = (seg_metrics.corloc_by_class(boxes, test.boxes, test.class_names)["mean"]
+                     if by_class else 100 * seg_metrics.corloc(boxes, test.boxes))
+  return out
 
 
 def _selection_quality(masks: np.ndarray, gt: np.ndarray | None, threshold: float
@@ -72,21 +83,29 @@ def _selection_quality(masks: np.ndarray, gt: np.ndarray | None, threshold: floa
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh()
-  data = load_data(config)
+  test = input_pipeline.load_test_set(config)
   size = config.data.image_size
-  test_images = frames_lib.resize_images(data.test.images, size)
+  test_images = None if test is None else frames_lib.resize_images(test.images, size)
   names = _student_names(config)
   results: dict[str, Any] = {}
 
+  def metrics_of(masks: np.ndarray) -> dict[str, Any]:
+    return {} if test is None else {"test": test_metrics(masks, test, config.eval)}
+
   table_path = os.path.join(workdir, "teacher", "frames.npz")
+  teacher_test_path = os.path.join(workdir, "teacher", "test_masks.npy")
 
   def run_teacher(stage_dir):
-    table, test_masks = teacher_lib.run(data, config, mesh)
+    # Training videos are read only here: a finished teacher stage never re-reads them.
+    train = input_pipeline.load_train_videos(config)
+    table, test_masks = teacher_lib.run(train, test, config, mesh)
     if jax.process_index() == 0:
       table.save(table_path)
-      np.save(os.path.join(stage_dir, "test_masks.npy"), test_masks)
+      if test_masks is not None:
+        np.save(teacher_test_path, test_masks)
     keep = frames_lib.top_fraction(table.scores, config.selection.keep_fraction)
-    return {"test": test_metrics(test_masks, data.test, config.eval),
+    return {**({} if test_masks is None else metrics_of(test_masks)),
+            "train_data": train.summary(),
             "selection": {"all": _selection_quality(table.teacher, table.gt_masks, 0.5),
                           "kept": _selection_quality(table.teacher[keep],
                                                      None if table.gt_masks is None
@@ -98,7 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   keep = frames_lib.top_fraction(table.scores, config.selection.keep_fraction,
                                  minimum=config.student_training.batch_size)
   train_images, train_targets = table.images[keep], table.teacher[keep]
-  prev_test = {"videopca_teacher": np.load(os.path.join(workdir, "teacher", "test_masks.npy"))}
+  prev_test = ({"videopca_teacher": np.load(teacher_test_path)}
+               if os.path.exists(teacher_test_path) else {})
 
   for gen in range(1, config.generations + 1):
     gen_dir = os.path.join(workdir, f"gen{gen}")
@@ -117,20 +137,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if jax.process_index() == 0:
           np.save(os.path.join(d, "train_masks.npy"),
                   students_lib.predict(model, fit.variables, frames_s, **kw).astype(np.float16))
-          np.save(os.path.join(d, "test_masks.npy"),
-                  students_lib.predict(model, fit.variables, test_images, **kw))
+          if test is not None:
+            np.save(os.path.join(d, "test_masks.npy"),
+                    students_lib.predict(model, fit.variables, test_images, **kw))
           artifacts.save_artifact(os.path.join(d, "model"), fit.variables, config,
                                   {"method": "segmentation", "model_name": f"gen{gen}/{name}",
                                    "student": name, "step": fit.step})
-        return {"test": test_metrics(np.load(os.path.join(d, "test_masks.npy")), data.test,
-                                     config.eval), "num_train_pairs": int(len(train_images))}
+        sharding.sync(f"gen{gen}-{name}-masks")  # Process 0 wrote them; all read them.
+        test_masks = None if test is None else np.load(os.path.join(d, "test_masks.npy"))
+        return {**({} if test is None else metrics_of(test_masks)),
+                "num_train_pairs": int(len(train_images))}
 
       results[f"gen{gen}/{name}"] = stages.run_stage(stage_dir, run_student)
       preds_train[name] = np.load(os.path.join(stage_dir, "train_masks.npy")).astype(np.float32)
-      preds_test[name] = np.load(os.path.join(stage_dir, "test_masks.npy"))
-    multi_test = students_lib.multinet(list(preds_test.values()))
-    results[f"gen{gen}/multinet"] = {"test": test_metrics(multi_test, data.test, config.eval)}
-    if jax.process_index() == 0:
+      if test is not None:
+        preds_test[name] = np.load(os.path.join(stage_dir, "test_masks.npy"))
+    if test is not None:
+      multi_test = students_lib.multinet(list(preds_test.values()))
+      results[f"gen{gen}/multinet"] = metrics_of(multi_test)
+    if test is not None and jax.process_index() == 0:
       overlays.write(os.path.join(workdir, "overlays", f"gen{gen}.png"), test_images,
                      {**prev_test, **{f"gen{gen}/{n}": m for n, m in preds_test.items()},
                       f"gen{gen}/multinet": multi_test}, count=config.eval.overlay_images)
@@ -205,8 +230,8 @@ def format_results(results: dict[str, Any], workdir: str) -> str:
            "|---|---|---|---|"]
   for name, res in results.items():
     if "test" in res:
-      t = res["test"]
-      lines.append(f"| {name} | {t['P']:.1f} | {t['J']:.1f} | {t['CorLoc']:.1f} |")
+      cells = [f"{res['test'][k]:.1f}" if k in res["test"] else "-" for k in ("P", "J", "CorLoc")]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
   sel = [(n, r["selection"]) for n, r in results.items() if "selection" in r]
   if sel:
     lines += ["", "| selection | J of all candidates | J of kept | kept |", "|---|---|---|---|"]

@@ -73,19 +73,26 @@ def cache_embeddings(teacher: Teacher, variables: Any, split: RetrievalSplit, *,
           "weights": unflatten(emb["weights"]), "video": tuple(emb["video"])}
 
 
-def teacher_similarities(teachers: Sequence[Teacher], frozen: Sequence[Any], batch: Any,
-                         mode: str) -> jax.Array:
-  """[N, B, B] similarity matrices of the frozen teachers on a batch (no gradient).
+Embeddings = tuple[tuple[jax.Array, ...], jax.Array, tuple[jax.Array, ...], jax.Array]
+
+
+def teacher_embeddings(teachers: Sequence[Teacher], frozen: Sequence[Any], batch: Any,
+                       mode: str) -> list[Embeddings]:
+  """Per teacher, its joint-space view of a batch (no gradient).
 
   Args:
     teachers: static descriptions (models, text embeddings).
     frozen: per teacher, its variables (`live`) or its cached embeddings (`cached`).
     batch: the training batch (global arrays under jit).
     mode: 'live' or 'cached'.
+
+  Returns:
+    Per teacher (text per expert [B, d_m], mixture weights [B, M], video per expert [B, d_m],
+    availability [B, M]): the arguments of `similarity`.
   """
   if mode not in MODES:
     raise ValueError(f"config.distill.teacher_mode must be one of {MODES}, got {mode!r}")
-  sims = []
+  out = []
   for teacher, tf in zip(teachers, frozen):
     available = stack_available(batch["available"], teacher.model.expert_names)
     if mode == "live":
@@ -97,8 +104,14 @@ def teacher_similarities(teachers: Sequence[Teacher], frozen: Sequence[Any], bat
       text = tuple(t[vid, cap] for t in tf["text"])
       weights = tf["weights"][vid, cap]
       video = tuple(v[vid] for v in tf["video"])
-    sims.append(similarity(text, weights, video, available))
-  return jax.lax.stop_gradient(jnp.stack(sims))
+    out.append(jax.lax.stop_gradient((text, weights, video, available)))
+  return out
+
+
+def teacher_similarities(teachers: Sequence[Teacher], frozen: Sequence[Any], batch: Any,
+                         mode: str) -> jax.Array:
+  """[N, B, B] similarity matrices of the frozen teachers on a batch (no gradient)."""
+  return jnp.stack([similarity(*e) for e in teacher_embeddings(teachers, frozen, batch, mode)])
 
 
 def as_numpy(tree: Any) -> Any:

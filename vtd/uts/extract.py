@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vtd import artifacts
 from vtd import chunking
 from vtd import sharding
 from vtd.errors import UserError
@@ -45,12 +46,6 @@ class FrameFeatures:
 
 def _shard_path(directory: str, k: int) -> str:
   return os.path.join(directory, f"shard_{k:05d}.npz")
-
-
-def save_npz_atomic(path: str, **arrays) -> None:
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
 
 
 def embed_frames(embed: EmbedFn, frames: np.ndarray, batch_frames: int, mesh) -> dict:
@@ -108,7 +103,7 @@ def extract(collection: input_pipeline.VideoCollection, embed: EmbedFn, director
       feats = {name: np.asarray(v, np.float32) for name, v in feats.items()}
     else:
       feats = {}
-    save_npz_atomic(_shard_path(directory, k), frame_video=np.concatenate(owners or [
+    artifacts.save_npz_atomic(_shard_path(directory, k), frame_video=np.concatenate(owners or [
         np.zeros(0, np.int64)]), skipped=np.asarray(skipped, dtype=str),
                      **{f"feat_{n}": v for n, v in feats.items()})
   sharding.sync(f"extract-{directory}")

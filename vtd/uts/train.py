@@ -68,7 +68,7 @@ def run_teacher(config: ml_collections.ConfigDict, collection, stage_dir: str
                             {"method": "uts", "model_name": "teacher",
                              "weights": config.teacher.weights or "random init (seed "
                              f"{config.teacher.init_seed})"})
-    extract_lib.save_npz_atomic(os.path.join(stage_dir, "train_set.npz"), frames=frames,
+    artifacts.save_npz_atomic(os.path.join(stage_dir, "train_set.npz"), frames=frames,
                                 targets=targets.astype(np.float32))
   sharding.sync("uts-teacher-saved")
   return {"train_frames": int(len(frames)), "pca_fit_frames": int(len(fit_rows)),
