@@ -1,8 +1,9 @@
 """One process of the 2-process extraction test (tests/uts/test_multihost_extract.py).
 
 Usage: python -m tests.uts.extract_worker PROCESS_ID NUM_PROCESSES PORT OUT_DIR
-Extracts features of `collection()` into OUT_DIR/shards; process 0 then saves the features it
-loaded (every shard, its own and the other host's) to OUT_DIR/features.npz.
+Extracts features of `collection()` (also used by tests/uts/test_pipeline.py) into
+OUT_DIR/shards; process 0 then saves the features it loaded (every shard, its own and the
+other host's) to OUT_DIR/features.npz.
 """
 
 import sys
@@ -16,22 +17,21 @@ from vtd.errors import UserError
 from vtd.uts import extract
 from vtd.uts import input_pipeline
 
-NUM_VIDEOS, BAD = 11, (4,)
 
-
-def collection() -> input_pipeline.VideoCollection:
-  """11 videos of 2-4 random 8x8 frames; video 4 is unreadable."""
+def collection(num_videos: int = 11, bad: tuple[int, ...] = (4,)
+               ) -> tuple[input_pipeline.VideoCollection, list[np.ndarray]]:
+  """`num_videos` videos of 2-4 random 8x8 frames (and the frames); videos in `bad` raise."""
   rng = np.random.default_rng(0)
   videos = [rng.integers(0, 255, size=(2 + i % 3, 8, 8, 3), dtype=np.uint8)
-            for i in range(NUM_VIDEOS)]
+            for i in range(num_videos)]
 
   def read(i):
-    if i in BAD:
+    if i in bad:
       raise UserError(f"cannot decode video {i}")
     return videos[i]
 
-  ids = [f"v{i}" for i in range(NUM_VIDEOS)]
-  return input_pipeline.VideoCollection(ids, ids[:1], {}, read, 8, "test", ids)
+  ids = [f"v{i}" for i in range(num_videos)]
+  return input_pipeline.VideoCollection(ids, ids[:1], {}, read, 8, "test", ids), videos
 
 
 @jax.jit
@@ -44,7 +44,7 @@ def main(process_id: int, num_processes: int, port: int, out_dir: str) -> None:
   distributed.maybe_initialize(ml_collections.ConfigDict(dict(
       mode="on", coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
       process_id=process_id, cpu_collectives="gloo")))
-  feats = extract.extract(collection(), embed, f"{out_dir}/shards", shard_videos=2,
+  feats = extract.extract(collection()[0], embed, f"{out_dir}/shards", shard_videos=2,
                           batch_frames=4)
   if jax.process_index() == 0:
     np.savez(f"{out_dir}/features.npz", frame_video=feats.frame_video,

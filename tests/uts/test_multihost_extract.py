@@ -30,7 +30,7 @@ def test_two_hosts_split_shards_and_match_one(tmp_path):
   assert "skipping unreadable video" not in logs[1]
   shards = sorted(os.listdir(tmp_path / "shards"))
   assert shards == [f"shard_{k:05d}.npz" for k in range(6)]
-  single = extract.extract(extract_worker.collection(), extract_worker.embed,
+  single = extract.extract(extract_worker.collection()[0], extract_worker.embed,
                            str(tmp_path / "single"), shard_videos=2, batch_frames=8)
   with np.load(tmp_path / "features.npz") as multi:
     np.testing.assert_array_equal(multi["frame_video"], single.frame_video)

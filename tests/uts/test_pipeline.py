@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import uts as uts_config
+from tests.uts import extract_worker
 from vtd import main as vtd_main
 from vtd.data import fivr as fivr_data
 from vtd.errors import UserError
@@ -62,23 +63,10 @@ def test_pipeline_end_to_end_and_reuse(tmp_path, capsys):
 
 
 def _collection(num_videos=5, bad=()):
-  rng = np.random.default_rng(0)
-  videos = [rng.integers(0, 255, size=(2 + i % 3, 8, 8, 3), dtype=np.uint8)
-            for i in range(num_videos)]
-
-  def read(i):
-    if i in bad:
-      raise UserError(f"cannot decode video {i}")
-    return videos[i]
-
-  ids = [f"v{i}" for i in range(num_videos)]
-  return input_pipeline.VideoCollection(ids, ids[:1], {}, read, 8, "test", ids), videos
+  return extract_worker.collection(num_videos, bad)
 
 
-@jax.jit
-def _embed(frames):
-  x = frames.astype(np.float32)
-  return {"mean": x.mean(axis=(1, 2)), "max": x.max(axis=(1, 2))}
+_embed = extract_worker.embed
 
 
 def test_extract_shards_resume_and_skip(tmp_path):
