@@ -169,3 +169,10 @@ def test_ablation_commands_reuse_the_base_teachers():
     assert "--config.teachers.artifact_dirs=runs/x/seed=1/base/teacher_w2v/model," \
            "runs/x/seed=1/base/teacher_gpt/model,runs/x/seed=1/base/teacher_gpt_xl/model" in cmd
     assert cmd[-1] == "--config.train.num_epochs=2" and "--config.seed=1" in cmd
+
+
+def test_student_name_must_not_clash(tmp_path):
+  config = tiny_config(tmp_path)
+  config.student.name = "teacher_w2v"
+  with pytest.raises(UserError, match="clashes"):
+    vtd_main.run(config, str(tmp_path / "run"))

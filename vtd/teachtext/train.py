@@ -294,6 +294,9 @@ def _denoise_enabled(config) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs the whole TeachText pipeline in `workdir`; returns (and writes) results.json."""
+  if config.student.name in ("student_baseline", "teacher_ensemble", "denoise") or \
+      config.student.name.startswith("teacher_"):
+    raise UserError(f"config.student.name={config.student.name!r} clashes with another stage")
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
   data = load_data(config)
