@@ -26,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for `vtd`
 
+import measure  # noqa: E402  (bench/ is on sys.path as the script folder)
+
 NBITS = 512
 
 
@@ -50,15 +52,6 @@ def make_data(num_frames: int, args: argparse.Namespace, seed: int):
   return gallery, gallery_video, num_videos, queries, query_video, planted
 
 
-def best_time(fn, repeats: int):
-  out, times = None, []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - t0)
-  return min(times), out
-
-
 def run_size(num_frames: int, args: argparse.Namespace) -> list[tuple[str, float, str]]:
   from vtd.search import frame_level, hamming  # pylint: disable=g-import-not-at-top
   import faiss  # pylint: disable=g-import-not-at-top
@@ -68,7 +61,7 @@ def run_size(num_frames: int, args: argparse.Namespace) -> list[tuple[str, float
 
   raw = faiss.IndexBinaryFlat(NBITS)
   raw.add(gallery)
-  t_raw, _ = best_time(lambda: raw.search(queries, args.top_n), args.repeats)
+  t_raw, _ = measure.best_time(lambda: raw.search(queries, args.top_n), args.repeats)
   rows.append(("faiss IndexBinaryFlat k-NN (raw)", t_raw, ""))
 
   scores = {}
@@ -85,7 +78,7 @@ def run_size(num_frames: int, args: argparse.Namespace) -> list[tuple[str, float
       t0 = time.perf_counter()
       run()
       note = f"first call {time.perf_counter() - t0:.2f} s (compile + run)"
-    t, res = best_time(run, args.repeats)
+    t, res = measure.best_time(run, args.repeats)
     found = int(np.sum(res.dense().argmax(1) == planted))
     rows.append((f"vtd pipeline, {backend} backend", t, f"planted top-1 {found}/{nq}; " + note))
     scores[backend] = res.dense()
@@ -94,7 +87,7 @@ def run_size(num_frames: int, args: argparse.Namespace) -> list[tuple[str, float
     rows.append(("  faiss vs jax scores identical", float("nan"), "yes" if same else "NO"))
 
   sub = min(num_frames, args.numpy_rows)
-  t_np, _ = best_time(lambda: hamming.numpy_knn(queries, gallery[:sub], args.top_n), 1)
+  t_np, _ = measure.best_time(lambda: hamming.numpy_knn(queries, gallery[:sub], args.top_n), 1)
   note = f"timed on {sub:,} rows, x{num_frames / sub:.1f} extrapolated" if sub < num_frames \
       else "measured"
   rows.append(("numpy popcount brute-force k-NN", t_np * num_frames / sub, note))

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: run one implementation in a fresh process, read its peak memory.
+"""Shared by the benchmarks: best-of-N timing, running one implementation in a fresh process,
+reading its peak memory.
 
 Each implementation runs in its own spawned process so that its peak RSS (and JAX's
 compilation cache) is not inherited from, or shared with, the others in the same run.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import resource
+import time
 from typing import Any, Callable
 
 
@@ -26,3 +28,17 @@ def run_in_subprocess(worker: Callable[..., None], *args: Any) -> Any:
   result = parent.recv()
   proc.join()
   return result
+
+
+def best_time(fn: Callable[[], Any], repeats: int, *, warmup: bool = False) -> tuple[float, Any]:
+  """(best wall time of `repeats` calls in seconds, the last output). JAX outputs are waited
+  for inside the timing; `warmup` makes one untimed call first (compilation)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if warmup:
+    jax.block_until_ready(fn())
+  out, times = None, []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return min(times), out

@@ -13,23 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root
 
-
-def best_time(fn, repeats: int) -> float:
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return min(times)
+import measure  # noqa: E402  (bench/ is on sys.path as the script folder)
 
 
 def main() -> None:
@@ -51,7 +41,8 @@ def main() -> None:
   rng = np.random.default_rng(0)
   video = jnp.asarray(rng.integers(0, 255, (1, 32, args.size, args.size, 3), np.uint8))
   vcfg = videopca.VideoPCAConfig(size=None)
-  teacher_s = best_time(lambda: videopca.videopca_batch(video, cfg=vcfg), args.repeats) / 32
+  teacher_s = measure.best_time(lambda: videopca.videopca_batch(video, cfg=vcfg), args.repeats,
+                                 warmup=True)[0] / 32
   images = jnp.asarray(rng.integers(0, 255, (args.batch, args.size, args.size, 3), np.uint8))
   rows = []
   for name in cfg.students.names.split(","):
@@ -60,7 +51,8 @@ def main() -> None:
     variables = model.init(jax.random.key(0), images[:2].astype(jnp.float32), train=False)
     apply = jax.jit(lambda v, x, model=model: model.apply(v, x.astype(jnp.float32) / 255,
                                                           train=False))
-    seconds = best_time(lambda: apply(variables, images), args.repeats) / args.batch
+    seconds = measure.best_time(lambda: apply(variables, images), args.repeats,
+                               warmup=True)[0] / args.batch
     params = sum(x.size for x in jax.tree.leaves(variables["params"]))
     rows.append((name, params, seconds))
   widths = "reference" if args.reference_widths else "config (CPU-sized)"

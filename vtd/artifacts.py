@@ -38,13 +38,16 @@ def json_default(x: Any) -> Any:
   raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON via a temporary file + rename, so readers never see half a file."""
+def write_json_atomic(path: str, payload: Any, *, sort_keys: bool = True) -> None:
+  """Writes JSON via a temporary file + rename, so readers never see half a file.
+
+  `sort_keys=False` keeps the mapping's order (where it carries meaning, e.g. FIVR's query
+  order in annotation.json)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
   with os.fdopen(fd, "w", encoding="utf-8") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=json_default)
+    json.dump(payload, f, indent=2, sort_keys=sort_keys, default=json_default)
   os.replace(tmp, path)
 
 

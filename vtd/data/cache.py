@@ -8,6 +8,11 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
+def cache_file(cache_dir: str, name: str, key: str) -> str:
+  """`<cache_dir>/<name>_<key>.npz` (`~` expanded): one file per generator spec (`key`)."""
+  return os.path.join(os.path.expanduser(cache_dir), f"{name}_{key}.npz")
+
+
 def load_or_generate(path: str | None, generate: Callable[[], T], load: Callable[[str], T],
                      save: Callable[[T, str], None]) -> T:
   """`load(path)` if the file exists, else `generate()` and `save` it there (None: no cache).

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vtd.data import id_lists
 from vtd.errors import UserError
 
 
@@ -102,31 +103,9 @@ def load_feature_file(path: str) -> Any:
 
 
 def read_split_list(path: str, *, strip_suffix: bool = False) -> list[str]:
-  """Ids of a split list, in file order.
-
-  Blank lines are ignored and spaces stripped; `strip_suffix` cuts each id at its first "."
-  (DiDeMo's "<id>.mp4", reference §5.5). A duplicate id is an error (it would duplicate a
-  retrieval target).
-  """
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError as e:
-    raise UserError(f"split list not found: {path}") from e
-  ids, seen = [], {}
-  for number, line in enumerate(lines, 1):
-    vid = line.strip()
-    if not vid:
-      continue
-    if strip_suffix:
-      vid = vid.split(".")[0]  # DiDeMo: "<id>.mp4" -> "<id>", as the official loader.
-    if vid in seen:
-      raise UserError(f"{path}:{number}: duplicate video id {vid!r} (first on line {seen[vid]})")
-    seen[vid] = number
-    ids.append(vid)
-  if not ids:
-    raise UserError(f"{path}: no video ids")
-  return ids
+  """Ids of a split list, in file order (`id_lists.read_id_list`); `strip_suffix` cuts each id
+  at its first "." (DiDeMo's "<id>.mp4", reference §5.5, as the official loader)."""
+  return id_lists.read_id_list(path, "split list", strip_suffix=strip_suffix)
 
 
 def as_mapping(data: Any, source: str) -> Mapping[str, Any]:

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Iterable, Mapping
 
+from vtd import artifacts
+from vtd.data import id_lists
 from vtd.errors import UserError
 
 LABELS = ("ND", "DS", "CS", "IS", "DA")
@@ -57,36 +59,13 @@ def load_annotation(path: str) -> Annotation:
 
 def save_annotation(annotation: Mapping[str, Mapping[str, list[str]]], path: str) -> None:
   """Writes an annotation (e.g. synthetic) in annotation.json's format, atomically."""
-  data = validate_annotation(annotation, path)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=1)
-  os.replace(tmp, path)
+  # Query order is kept: it is the order of FIVR's own file.
+  artifacts.write_json_atomic(path, validate_annotation(annotation, path), sort_keys=False)
 
 
 def load_dataset_ids(path: str) -> list[str]:
   """Reads youtube_ids.txt: one id per line (blank lines ignored), in file order."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except FileNotFoundError as e:
-    raise UserError(f"{path}: FIVR dataset id file not found") from e
-  except UnicodeDecodeError as e:
-    raise UserError(f"{path}: not a UTF-8 text file ({e})") from e
-  ids, seen = [], set()
-  for number, line in enumerate(lines, 1):
-    vid = line.strip()
-    if not vid:
-      continue
-    if len(vid.split()) != 1:
-      raise UserError(f"{path}:{number}: expected one video id per line, got {line!r}")
-    if vid in seen:
-      raise UserError(f"{path}:{number}: duplicate video id {vid!r}")
-    seen.add(vid)
-    ids.append(vid)
-  if not ids:
-    raise UserError(f"{path}: no video ids")
-  return ids
+  return id_lists.read_id_list(path, "FIVR dataset id file")
 
 
 def save_dataset_ids(ids: Iterable[str], path: str) -> None:

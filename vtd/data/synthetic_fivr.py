@@ -105,12 +105,12 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 
 import numpy as np
 
 from vtd import artifacts
 from vtd.data import cache
+from vtd.data import fivr
 from vtd.data.synthetic_fivr_render import STREAMS, Camera, World, jitter_style, make_channel
 from vtd.data.synthetic_fivr_render import random_style, stream, upload_edit
 from vtd.errors import UserError
@@ -432,12 +432,8 @@ def _split(video_ids: list[str], kinds: list[str], query_ids: list[str]) -> dict
 # ----------------------------------------------------------------------------- files
 
 def write_annotation_json(ds: SyntheticFivr, path: str) -> None:
-  """Writes `ds.annotation` as FIVR's annotation.json (atomically)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(ds.annotation, f)
-  os.replace(tmp, path)
+  """Writes `ds.annotation` as FIVR's annotation.json (validated, atomically)."""
+  fivr.save_annotation(ds.annotation, path)
 
 
 def save_npz(ds: SyntheticFivr, path: str) -> None:
@@ -473,7 +469,7 @@ def load_npz(path: str, spec: SyntheticFivrSpec) -> SyntheticFivr:
 
 
 def cache_path(spec: SyntheticFivrSpec, cache_dir: str) -> str:
-  return os.path.join(os.path.expanduser(cache_dir), f"synthetic_fivr_{spec.cache_key()}.npz")
+  return cache.cache_file(cache_dir, "synthetic_fivr", spec.cache_key())
 
 
 def load_or_generate(spec: SyntheticFivrSpec = SyntheticFivrSpec(),

@@ -57,7 +57,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import numpy as np
 
@@ -217,6 +216,5 @@ def generate(spec: SyntheticRetrievalSpec) -> RetrievalDataset:
 
 def load_or_generate(spec: SyntheticRetrievalSpec, cache_dir: str | None) -> RetrievalDataset:
   """Loads the cached dataset for `spec`, generating (and caching) it on first use."""
-  path = cache_dir and os.path.join(os.path.expanduser(cache_dir),
-                                    f"synthetic_retrieval_{spec.cache_key()}.npz")
+  path = cache_dir and cache.cache_file(cache_dir, "synthetic_retrieval", spec.cache_key())
   return cache.load_or_generate(path, lambda: generate(spec), load_npz, save_npz)

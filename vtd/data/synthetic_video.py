@@ -65,7 +65,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 
 import numpy as np
 
@@ -369,7 +368,7 @@ def load_npz(path: str, spec: SyntheticVideoSpec) -> SyntheticVideoDataset:
 
 
 def cache_path(spec: SyntheticVideoSpec, cache_dir: str) -> str:
-  return os.path.join(os.path.expanduser(cache_dir), f"synthetic_video_{spec.cache_key()}.npz")
+  return cache.cache_file(cache_dir, "synthetic_video", spec.cache_key())
 
 
 def load_or_generate(spec: SyntheticVideoSpec = SyntheticVideoSpec(),

@@ -276,11 +276,7 @@ class RetrievalAccumulator:
     if len(self._in_flight) > 2:
       self._in_flight.popleft().block_until_ready()
 
-  def result(self) -> dict[str, Metrics]:
-    """Metrics for both directions: {"t2v": metrics, "v2t": metrics} (see metrics_from_ranks).
-
-    t2v has one query per valid caption; v2t one per video, ranked by its best caption.
-    """
+  def _check_complete(self) -> None:
     if not self._seen.all():
       missing = int((~self._seen).sum())
       raise ValueError(f"{missing} of {self._num_queries} query rows were never added")
@@ -288,14 +284,33 @@ class RetrievalAccumulator:
       raise ValueError(f"{int(self._mismatch)} valid captions have an own-video similarity "
                        "different from gt_sims (or NaN); gt_sims must hold exactly "
                        "sims[i * K + k, i] in the same dtype")
+
+  def _all_t2v_ranks(self) -> np.ndarray:
+    """[N_q] t2v rank of every caption row, valid or not."""
     t2v_gt = np.zeros(self._num_queries, np.int64)
     t2v_eq = np.zeros(self._num_queries, np.int64)
     for start, num_rows, gt_counts, eq_counts in self._t2v_parts:
       t2v_gt[start:start + num_rows] = np.asarray(gt_counts)[:num_rows]
       t2v_eq[start:start + num_rows] = np.asarray(eq_counts)[:num_rows]
     # Mean of the tied positions count_gt, ..., count_gt + count_eq - 1 (count_eq >= 1: the
-    # ground truth ties with itself). Masked queries are dropped after ranking, as officially.
-    t2v_ranks = (t2v_gt + (t2v_eq - 1) / 2)[self._mask.reshape(-1)]
+    # ground truth ties with itself).
+    return t2v_gt + (t2v_eq - 1) / 2
+
+  def caption_ranks(self) -> np.ndarray:
+    """[N_v, K] 0-based t2v rank of each caption's own video (tie-averaged, as `result`);
+    inf for caption slots that do not exist."""
+    self._check_complete()
+    ranks = self._all_t2v_ranks().reshape(self._num_videos, self._k)
+    return np.where(self._mask, ranks, np.inf)
+
+  def result(self) -> dict[str, Metrics]:
+    """Metrics for both directions: {"t2v": metrics, "v2t": metrics} (see metrics_from_ranks).
+
+    t2v has one query per valid caption; v2t one per video, ranked by its best caption.
+    """
+    self._check_complete()
+    # Masked queries are dropped after ranking, as officially.
+    t2v_ranks = self._all_t2v_ranks()[self._mask.reshape(-1)]
 
     v2t_ranks = np.asarray(self._v2t_gt) + (np.asarray(self._v2t_eq) - 1) / 2
     # The official loop leaves min_rank = inf for a video with no valid caption.

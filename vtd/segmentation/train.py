@@ -145,8 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                    "student": name, "step": fit.step})
         sharding.sync(f"gen{gen}-{name}-masks")  # Process 0 wrote them; all read them.
         test_masks = None if test is None else np.load(os.path.join(d, "test_masks.npy"))
-        return {**({} if test is None else metrics_of(test_masks)),
-                "num_train_pairs": int(len(train_images))}
+        return {**metrics_of(test_masks), "num_train_pairs": int(len(train_images))}
 
       results[f"gen{gen}/{name}"] = stages.run_stage(stage_dir, run_student)
       preds_train[name] = np.load(os.path.join(stage_dir, "train_masks.npy")).astype(np.float32)

@@ -21,16 +21,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
-from vtd import chunking
 from vtd.data.retrieval import RetrievalSplit
 from vtd.errors import UserError
 from vtd.teachtext import evaluate as tt_evaluate
-from vtd.teachtext.models import similarity
-
-_similarity = jax.jit(similarity)
 
 
 def caption_ranks(embs: Sequence[dict[str, Any]], caption_mask: np.ndarray, *,
@@ -42,20 +37,11 @@ def caption_ranks(embs: Sequence[dict[str, Any]], caption_mask: np.ndarray, *,
     caption_mask: [N_v, K].
 
   Returns:
-    [N_v, K] float ranks (0-based, tie-averaged); inf for empty caption slots.
+    [N_v, K] float ranks (0-based, tie-averaged as the retrieval metrics); inf for empty
+    caption slots.
   """
-  n_v, k = caption_mask.shape
-  queries = [{"text": e["text"], "weights": e["weights"]} for e in embs]
-  ranks = np.full(n_v * k, np.inf)
-  rows = np.arange(n_v * k)
-  chunk = max(1, min(query_chunk, n_v * k))
-  for start, valid, q in chunking.iterate_chunks(queries, chunk):
-    sims = sum(np.asarray(_similarity(qe["text"], qe["weights"], e["video"], e["available"]))
-               for qe, e in zip(q, embs))[:valid] / len(embs)
-    gt = sims[np.arange(valid), rows[start:start + valid] // k][:, None]
-    ranks[start:start + valid] = (sims > gt).sum(1) + ((sims == gt).sum(1) - 1) / 2
-  ranks = ranks.reshape(n_v, k)
-  return np.where(caption_mask, ranks, np.inf)
+  return tt_evaluate.accumulate_from_embeddings(
+      embs, caption_mask, query_chunk=query_chunk).caption_ranks()
 
 
 def select_captions(ranks: np.ndarray, caption_mask: np.ndarray, *, fraction: float = 0.0,

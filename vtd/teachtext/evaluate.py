@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -31,6 +31,38 @@ def _encode_video(model: RetrievalModel, variables, experts, available):
 _similarity = jax.jit(similarity)
 
 
+def embed_text(model: RetrievalModel, variables: Any, split: RetrievalSplit,
+               text_embedding: str, *, rows: np.ndarray | None = None,
+               chunk_size: int = 1024) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+  """Joint-space embeddings of caption slots (inference mode).
+
+  Args:
+    rows: flat caption-slot indices (row = video * K + caption); default all N_v * K.
+
+  Returns:
+    (per-expert [R, d_m], mixture weights [R, M]).
+  """
+  if text_embedding not in split.text:
+    raise ValueError(f"text embedding {text_embedding!r} not in the data ({sorted(split.text)})")
+  words = split.text[text_embedding]
+  tokens = words.reshape((-1,) + words.shape[2:])  # A view: chunks are copied one at a time.
+  if rows is not None:
+    tokens = tokens[rows]
+  return chunking.chunked_apply(lambda t: _encode_text(model, variables, t), tokens, chunk_size)
+
+
+def _video_inputs(model: RetrievalModel, split: RetrievalSplit) -> dict[str, Any]:
+  # Only the model's own experts are read, as at test time.
+  return input_pipeline.video_features(split, np.arange(split.num_videos), model.expert_names)
+
+
+def _encode_videos(model: RetrievalModel, variables: Any, feats: dict[str, Any],
+                   chunk_size: int) -> tuple[np.ndarray, ...]:
+  return chunking.chunked_apply(
+      lambda f: _encode_video(model, variables, f["experts"], f["available"]), feats,
+      chunk_size)
+
+
 def embed_split(model: RetrievalModel, variables: Any, split: RetrievalSplit,
                 text_embedding: str, *, chunk_size: int = 1024) -> dict[str, Any]:
   """Joint-space embeddings of every caption slot and video of a split (inference mode).
@@ -39,52 +71,55 @@ def embed_split(model: RetrievalModel, variables: Any, split: RetrievalSplit,
     {'text': per-expert [N_v*K, d_m], 'weights': [N_v*K, M], 'video': per-expert [N_v, d_m],
      'available': [N_v, M]}, caption rows video-major (row = video * K + caption).
   """
-  if text_embedding not in split.text:
-    raise ValueError(f"text embedding {text_embedding!r} not in the data ({sorted(split.text)})")
-  vid, cap = input_pipeline.caption_rows(split)
-  tokens = split.text[text_embedding][vid, cap]
-  text, weights = chunking.chunked_apply(
-      lambda t: _encode_text(model, variables, t), tokens, chunk_size)
-  feats = input_pipeline.video_features(split, np.arange(split.num_videos))
-  video = chunking.chunked_apply(
-      lambda f: _encode_video(model, variables, f["experts"], f["available"]), feats,
-      chunk_size)
+  text, weights = embed_text(model, variables, split, text_embedding, chunk_size=chunk_size)
+  feats = _video_inputs(model, split)
+  video = _encode_videos(model, variables, feats, chunk_size)
   available = np.asarray(stack_available(feats["available"], model.expert_names))
   return {"text": text, "weights": weights, "video": video, "available": available}
 
 
-def retrieval_metrics_from_embeddings(embs: Sequence[dict[str, Any]], caption_mask: np.ndarray,
-                                      *, query_chunk: int = 2048) -> dict[str, dict[str, float]]:
-  """t2v / v2t metrics streamed over query chunks; the [N_q, N_v] matrix is never held whole.
+def accumulate_from_embeddings(embs: Sequence[dict[str, Any]], caption_mask: np.ndarray, *,
+                               query_chunk: int = 2048,
+                               transform: Callable[[jax.Array], jax.Array] | None = None
+                               ) -> RetrievalAccumulator:
+  """Streams the (mean) similarity matrix of some embeddings into a RetrievalAccumulator.
+
+  The [N_q, N_v] matrix is never held whole. Two passes over the same chunks: the first
+  collects each caption's score for its own video (from the very values the ranking compares,
+  so exact-equality ties are consistent), the second ranks.
 
   Args:
     embs: `embed_split` outputs of one model, or of several models whose similarity matrices
-      are averaged (the teachers' ensemble Phi = mean, a diagnostic).
+      are averaged (Phi = mean: the teachers' ensemble, denoising).
     caption_mask: [N_v, K].
-
-  Two passes over the same chunks: the first collects each caption's similarity to its own
-  video (from the very values the ranking compares, so exact-equality ties are consistent),
-  the second ranks.
+    transform: applied to every [q, N_v] chunk before ranking (e.g. QB-Norm's DIS rescoring).
   """
   n_v, k = caption_mask.shape
   queries = [{"text": e["text"], "weights": e["weights"]} for e in embs]
-
-  def chunk_sims(qs):
-    sims = [_similarity(q["text"], q["weights"], e["video"], e["available"])
-            for q, e in zip(qs, embs)]
-    return sum(sims) / len(sims)
-
   n_q = n_v * k
   query_chunk = max(1, min(query_chunk, n_q))
+
+  def scored_chunks():
+    for start, valid, qs in chunking.iterate_chunks(queries, query_chunk):
+      sims = sum(_similarity(q["text"], q["weights"], e["video"], e["available"])
+                 for q, e in zip(qs, embs)) / len(embs)
+      if transform is not None:
+        sims = transform(sims)
+      yield start, valid, np.asarray(sims)[:valid]
+
   gt = np.zeros(n_q, np.float32)
-  rows = np.arange(n_q)
-  for start, valid, q in chunking.iterate_chunks(queries, query_chunk):
-    sims = np.asarray(chunk_sims(q))[:valid]
-    gt[start:start + valid] = sims[np.arange(valid), rows[start:start + valid] // k]
-  acc = RetrievalAccumulator(gt.reshape(n_v, k), caption_mask)
-  for start, valid, q in chunking.iterate_chunks(queries, query_chunk):
-    acc.update(start, np.asarray(chunk_sims(q))[:valid])
-  return acc.result()
+  for start, valid, sims in scored_chunks():
+    gt[start:start + valid] = sims[np.arange(valid), (start + np.arange(valid)) // k]
+  acc = RetrievalAccumulator(gt.reshape(n_v, k), caption_mask, query_chunk=query_chunk)
+  for start, _, sims in scored_chunks():
+    acc.update(start, sims)
+  return acc
+
+
+def retrieval_metrics_from_embeddings(embs: Sequence[dict[str, Any]], caption_mask: np.ndarray,
+                                      *, query_chunk: int = 2048) -> dict[str, dict[str, float]]:
+  """t2v / v2t metrics of `accumulate_from_embeddings`."""
+  return accumulate_from_embeddings(embs, caption_mask, query_chunk=query_chunk).result()
 
 
 def evaluate(model: RetrievalModel, variables: Any, split: RetrievalSplit, text_embedding: str,
@@ -114,13 +149,10 @@ def video_cost(model: RetrievalModel, variables: Any, split: RetrievalSplit, *,
   params = variables["params"]
   count = lambda tree: int(sum(np.size(x) for x in jax.tree.leaves(tree)))
   video_params = count({k: v for k, v in params.items() if k.startswith(VIDEO_MODULES)})
-  feats = input_pipeline.video_features(split, np.arange(split.num_videos))
-  # Only the model's own experts are read at test time.
-  feats = {k: {n: v[n] for n in model.expert_names} for k, v in feats.items()}
-  encode = lambda f: _encode_video(model, variables, f["experts"], f["available"])
-  chunking.chunked_apply(encode, feats, chunk_size)  # Warm-up: compile outside the timing.
+  feats = _video_inputs(model, split)
+  _encode_videos(model, variables, feats, chunk_size)  # Warm-up: compile outside the timing.
   start = time.perf_counter()
-  jax.block_until_ready(chunking.chunked_apply(encode, feats, chunk_size))
+  jax.block_until_ready(_encode_videos(model, variables, feats, chunk_size))
   seconds = time.perf_counter() - start
   return {"experts": list(model.expert_names),
           "video_input_dims": int(sum(np.prod(s) for _, s in model.expert_shapes)),
@@ -140,30 +172,17 @@ def evaluate_qbnorm(model: RetrievalModel, variables: Any, *, bank: RetrievalSpl
   rows live on different scales, so only t2v (per-query ranking) is meaningful.
   """
   emb = embed_split(model, variables, test, text_embedding, chunk_size=chunk_size)
-  bank_emb = embed_split(model, variables, bank, text_embedding, chunk_size=chunk_size)
-  bank_rows = np.flatnonzero(bank.caption_mask.reshape(-1))
+  # Only the bank's existing captions are embedded (its videos are not needed).
+  bank_text, bank_weights = embed_text(model, variables, bank, text_embedding,
+                                       rows=np.flatnonzero(bank.caption_mask.reshape(-1)),
+                                       chunk_size=chunk_size)
 
   def bank_sims(start, stop):
-    rows = bank_rows[start:stop]
-    return _similarity(tuple(t[rows] for t in bank_emb["text"]), bank_emb["weights"][rows],
+    return _similarity(tuple(t[start:stop] for t in bank_text), bank_weights[start:stop],
                        emb["video"], emb["available"])
 
   stats = qbnorm.querybank_stats(bank_sims, beta=beta, k=k, bank_chunk=bank_chunk,
-                                 num_bank=bank_rows.size)
-  n_v, n_k = test.caption_mask.shape
-  queries = {"text": emb["text"], "weights": emb["weights"]}
-  chunk = max(1, min(query_chunk, n_v * n_k))
-
-  def scored_chunks():
-    for start, valid, q in chunking.iterate_chunks(queries, chunk):
-      sims = _similarity(q["text"], q["weights"], emb["video"], emb["available"])
-      yield start, valid, np.asarray(qbnorm.dis_scores(sims, stats))[:valid]
-
-  # Two passes, as `retrieval_metrics_from_embeddings`: ground truth first, then ranks.
-  gt = np.zeros(n_v * n_k, np.float32)
-  for start, valid, scores in scored_chunks():
-    gt[start:start + valid] = scores[np.arange(valid), (start + np.arange(valid)) // n_k]
-  acc = RetrievalAccumulator(gt.reshape(n_v, n_k), test.caption_mask)
-  for start, _, scores in scored_chunks():
-    acc.update(start, scores)
+                                 num_bank=bank_weights.shape[0])
+  acc = accumulate_from_embeddings([emb], test.caption_mask, query_chunk=query_chunk,
+                                   transform=lambda sims: qbnorm.dis_scores(sims, stats))
   return {"t2v": acc.result()["t2v"]}

@@ -19,9 +19,11 @@ from vtd import sharding
 from vtd.data.retrieval import RetrievalSplit
 
 
-def video_features(split: RetrievalSplit, video_idx: np.ndarray) -> dict[str, np.ndarray]:
-  """Expert features (name -> [B, ...]) and availability (name -> [B] float) of some videos."""
-  names = split.expert_names
+def video_features(split: RetrievalSplit, video_idx: np.ndarray,
+                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+  """Expert features (name -> [B, ...]) and availability (name -> [B] float) of some videos,
+  for the experts `names` (default: all of the split)."""
+  names = split.expert_names if names is None else names
   return {"experts": {n: split.experts[n][video_idx] for n in names},
           "available": {n: split.expert_available[n][video_idx].astype(np.float32)
                         for n in names}}

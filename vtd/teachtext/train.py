@@ -148,9 +148,12 @@ def make_loss_fn(model: RetrievalModel, text_embedding: str, config: ml_collecti
       measurements["distill_loss"] = distill_loss
       loss = loss + distill_weight * distill_loss
     if within and (within_cfg.caption_weight > 0 or within_cfg.video_weight > 0):
-      # Within-modal matrices from the model's own embeddings, weighted like S_tv.
-      s_tt = similarity(text, weights, text, available)
-      s_vv = similarity(video, weights, video, available)
+      # Within-modal matrices from the model's own embeddings, weighted like S_tv; a term with
+      # weight 0 is not computed.
+      s_tt = (similarity(text, weights, text, available) if within_cfg.caption_weight > 0
+              else None)
+      s_vv = (similarity(video, weights, video, available) if within_cfg.video_weight > 0
+              else None)
       within_loss, parts = within_modality.within_modality_loss(
           sims, s_tt, s_vv, caption_weight=within_cfg.caption_weight,
           caption_temperature=within_cfg.caption_temperature,
