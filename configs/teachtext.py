@@ -22,7 +22,7 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  # Which method vtd.main runs (vtd/teachtext/train.py).
+  # Which method vtd.main runs (vtd/teachtext/pipeline.py).
   config.method = "teachtext"
   # Master seed; every stage derives its own from it (students share one).
   config.seed = 0

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
+
+from vtd import artifacts
 
 
 def _to_float(value: Any) -> float:
@@ -24,24 +26,47 @@ def _to_float(value: Any) -> float:
 class MetricWriter:
   """Writes scalars to `<logdir>/metrics.jsonl` and TensorBoard events under `<logdir>/tb`.
 
+  metrics.jsonl holds one row per logged step. It is rewritten atomically at every `flush`
+  (small files; works on object stores, which cannot append), and `truncate_after(step)` drops
+  the rows a resumed run is about to log again, so no step appears twice. TensorBoard gets the
+  same cut through `purge_step`.
+
   Args:
-    logdir: directory for this run's metrics (created if missing).
+    logdir: directory for this run's metrics (created if missing; local or object store).
     tensorboard: also write TensorBoard event files via tensorboardX.
     prefix: a name logged before each line (e.g. the stage name).
   """
 
-  def __init__(self, logdir: str, *, tensorboard: bool = True, prefix: str = ""):
+  def __init__(self, logdir: Any, *, tensorboard: bool = True, prefix: str = ""):
     self._prefix = prefix
     self._is_writer = jax.process_index() == 0
-    self._jsonl = None
+    self._logdir = epath.Path(logdir)
+    self._path = self._logdir / "metrics.jsonl"
+    self._tensorboard = tensorboard
     self._tb = None
-    if self._is_writer:
-      os.makedirs(logdir, exist_ok=True)
-      # Append: a resumed run continues the same file; readers keep the last value per step.
-      self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
-      if tensorboard:
-        from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self._tb = SummaryWriter(os.path.join(logdir, "tb"))
+    self._purge_step: int | None = None
+    self._rows: list[dict[str, Any]] = []
+    self._dirty = False
+    if self._is_writer and self._path.exists():
+      self._rows = read_jsonl(self._path)
+
+  def truncate_after(self, step: int) -> None:
+    """Forgets rows logged after `step` (call when resuming from the checkpoint at `step`)."""
+    kept = [r for r in self._rows if r.get("step", 0) <= step]
+    if len(kept) != len(self._rows):
+      self._rows, self._dirty = kept, True
+      self._purge_step = step + 1
+
+  def _tensorboard_writer(self):
+    if self._tb is None and self._tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      try:
+        self._tb = SummaryWriter(str(self._logdir / "tb"), purge_step=self._purge_step)
+      except ImportError as e:  # gs:// event files need google-cloud-storage.
+        logging.warning("no TensorBoard events for %s (%s); metrics.jsonl is still written",
+                        self._logdir, e)
+        self._tensorboard = False
+    return self._tb
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     values = {k: _to_float(v) for k, v in scalars.items()}
@@ -49,39 +74,45 @@ class MetricWriter:
     logging.info("%s[%d] %s", f"{self._prefix} " if self._prefix else "", step, text)
     if not self._is_writer:
       return
-    record = {"step": int(step), "time": time.time(),
-              **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    if self._tb is not None:
+    self._rows.append({"step": int(step), "time": time.time(),
+                       **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}})
+    self._dirty = True
+    tb = self._tensorboard_writer()
+    if tb is not None:
       for k, v in values.items():
-        self._tb.add_scalar(k, v, global_step=int(step))
+        tb.add_scalar(k, v, global_step=int(step))
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-    if self._is_writer and self._tb is not None:
+    tb = self._tensorboard_writer() if self._is_writer else None
+    if tb is not None:
       flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
               for k, v in hparams.items()}
-      self._tb.add_text("hparams", json.dumps(flat, indent=1, sort_keys=True), 0)
+      tb.add_text("hparams", json.dumps(flat, indent=1, sort_keys=True), 0)
 
   def flush(self) -> None:
-    if self._jsonl is not None:
-      self._jsonl.flush()
+    if self._is_writer and self._dirty:
+      text = "".join(json.dumps(r) + "\n" for r in self._rows)
+      artifacts.write_atomic(self._path, lambda f: f.write(text.encode("utf-8")))
+      self._dirty = False
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
     self.flush()
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  """Reads a metrics.jsonl file (one record per line)."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: Any) -> list[dict[str, Any]]:
+  """Reads a metrics.jsonl file (one record per line; a torn last line is skipped)."""
+  rows = []
+  for line in epath.Path(path).read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue
+  return rows
 
 
 class ProgressReporter:

@@ -24,13 +24,16 @@ from jax.sharding import Mesh
 from vtd import checkpointing
 from vtd import metric_writers
 from vtd import sharding
+from vtd.errors import UserError
 
 # (params, batch_stats, batch, frozen, rng) -> (loss, (measurements, new_batch_stats))
 LossFn = Callable[[Any, Any, Any, Any, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
 
 
-class NonFiniteLossError(RuntimeError):
-  """Training produced a NaN/inf loss or gradient; the message names the step."""
+class NonFiniteLossError(UserError):
+  """Training produced a NaN/inf loss or gradient; the message names the step and what to do.
+
+  A user error: it comes from the config (learning rate, loss weights) or the data."""
 
 
 @flax.struct.dataclass
@@ -130,7 +133,8 @@ def _check_finite(step: int, measurements: Mapping[str, Any], last_good: int | N
   if bad:
     raise NonFiniteLossError(
         f"non-finite {', '.join(bad)} at step {step}; last good checkpoint: "
-        f"{'step ' + str(last_good) if last_good is not None else 'none'} in {ckpt_dir}")
+        f"{'step ' + str(last_good) if last_good is not None else 'none'} in {ckpt_dir}; "
+        "lower config.optim.lr or set config.optim.grad_clip_norm, and check the data")
   return values
 
 
@@ -168,11 +172,13 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
   state = create_state(program, mesh, seed)
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   frozen = None if program.frozen is None else sharding.replicate(program.frozen, mesh)
-  start = ckpt.latest_step()
+  start, restored = ckpt.restore_latest(checkpointing.abstract_like(state),
+                                        data_iter=program.train_iter)
   if start is not None:
     logging.info("%s: resuming from step %d in %s", program.name, start, ckpt.directory)
-    state = ckpt.restore(start, checkpointing.abstract_like(state), data_iter=program.train_iter)
+    state = restored
   start = start or 0
+  writer.truncate_after(start)  # Rows logged after the restored step are replayed.
   last_good = start if start else None
   train_step = make_train_step(program, mesh, state_sharding)
   progress = metric_writers.ProgressReporter(program.num_steps, start,

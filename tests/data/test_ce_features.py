@@ -330,11 +330,11 @@ def test_teachtext_config_reads_ce_source(msrvtt):
   config.data.experts = "imagenet.senet154.0,scene.densenet161.0,audio"
   config.teachers.text_embeddings = "w2v"
   config.student.text_embedding = "gpt2-xl"
-  data = tt_train.load_data(config)
+  data = tt_train.load_data(config.data, ["w2v", "gpt2-xl"])
   assert (data.train.num_videos, data.val.num_videos, data.test.num_videos) == (3, 1, 2)
   assert sorted(data.train.text) == ["gpt2-xl", "w2v"]
   assert data.train.text["w2v"].dtype == np.float16
   assert tt_train.model_experts("", data.train)[0] == ("audio", (29, 2))
   config.data.root = ""
   with pytest.raises(UserError, match="config.data.root"):
-    tt_train.load_data(config)
+    tt_train.load_data(config.data, ["w2v", "gpt2-xl"])

@@ -128,3 +128,60 @@ def test_embedding_dim_mismatch_is_an_error(finished_run, tmp_path):
   with pytest.raises(UserError, match="embedding-dim mismatch: teacher teacher_gpt .* expects "
                                       "gpt_xl features of dim 64, the data has 96"):
     vtd_main.run(config, str(tmp_path / "run"))
+
+
+def _actions(caplog):
+  """{stage: 'reusing' | 're-evaluating' | 'rerunning' | 'running'} from the stage log lines."""
+  out = {}
+  for r in caplog.records:
+    msg = r.getMessage()
+    if msg.startswith("stage ") and ": " in msg:
+      name = msg.split(" ")[2]
+      for word in ("reusing", "re-evaluating", "rerunning", "running", "resuming"):
+        if word in msg.rsplit(": ", 1)[-1] or msg.endswith(word):
+          out[name] = word
+          break
+  return out
+
+
+def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_path, caplog):
+  import logging
+  import shutil
+  caplog.set_level(logging.INFO, logger="absl")
+  config, workdir, results = finished_run
+  work = tmp_path / "run"
+  shutil.copytree(workdir, work)
+  # Logging cadence cannot change a result: everything is reused.
+  config = tiny_config(tmp_path)
+  config.train.log_every_steps = 3
+  assert vtd_main.run(config, str(work)) == results
+  assert set(_actions(caplog).values()) == {"reusing"}
+  # An evaluation-only key: every trained model is re-evaluated, nothing retrained.
+  caplog.clear()
+  config.qbnorm.enabled = True
+  again = vtd_main.run(config, str(work))
+  assert _actions(caplog) == {**{m: "re-evaluating" for m in MODELS},
+                              "teacher_ensemble": "reusing"}
+  assert "test_qbnorm" in again["student_teachtext"]
+  assert again["student_teachtext"]["step"] == results["student_teachtext"]["step"]
+  assert not (work / "superseded").exists()
+  # A key only the distilled student reads: only it reruns; the old one is kept.
+  caplog.clear()
+  config.distill.weight = 2.0
+  again = vtd_main.run(config, str(work))
+  assert _actions(caplog) == {**{m: "reusing" for m in MODELS if m != "student_teachtext"},
+                              "teacher_ensemble": "reusing", "student_teachtext": "rerunning"}
+  assert again["student_teachtext"]["distill_weight"] == 2.0
+  (stamp,) = os.listdir(work / "superseded")
+  assert os.listdir(work / "superseded" / stamp) == ["student_teachtext"]
+  with open(work / "results.json") as f:
+    assert json.load(f)["student_teachtext"]["distill_weight"] == 2.0
+  # strict: a changed key stops the run with one line naming it.
+  config.runtime.reuse = "strict"
+  config.optim.lr = 0.5
+  with pytest.raises(UserError, match=r"teacher_w2v .*config changed \(optim.lr 0.001 -> 0.5\)"):
+    vtd_main.run(config, str(work))
+  # Paths in results are relative to the workdir, so a moved workdir still points right.
+  assert again["student_teachtext"]["artifact"] == "student_teachtext/model"
+  assert again["student_teachtext"]["teachers"] == [f"teacher_{e}/model"
+                                                   for e in ("w2v", "gpt", "gpt_xl")]
