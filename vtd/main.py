@@ -47,10 +47,14 @@ _NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 class _LibraryInfoFilter(logging_std.Filter):
-  """Drops INFO lines of chatty libraries (orbax logs every save, faiss its CPU-feature probing)."""
+  """Drops INFO lines of chatty libraries (orbax logs every save, faiss its CPU-feature probing)
+  and JAX's report that it found no TPU library on a machine without TPUs."""
   _QUIET = (f"{os.sep}orbax{os.sep}", f"{os.sep}grain{os.sep}", f"{os.sep}faiss{os.sep}")
 
   def filter(self, record: logging_std.LogRecord) -> bool:
+    if record.levelno < logging_std.WARNING and str(record.msg).startswith(
+        "Unable to initialize backend"):
+      return False
     if any(q in record.pathname for q in self._QUIET):
       # Periodic (non-validation) checkpoints carry no metrics by design; orbax warns anyway.
       if str(record.msg).startswith("Requested `tracked_metric`"):
@@ -59,10 +63,35 @@ class _LibraryInfoFilter(logging_std.Filter):
     return True
 
 
+class _ShortFormatter(logging_std.Formatter):
+  """'12:04:05 message' (absl's default prefix is ~55 characters of thread id and file)."""
+
+  def __init__(self):
+    super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+  def format(self, record: logging_std.LogRecord) -> str:
+    text = super().format(record)
+    if record.levelno >= logging_std.WARNING:
+      head, _, rest = text.partition(" ")
+      text = f"{head} {record.levelname}: {rest}"
+    return text
+
+
+def configure_logging(runtime_cfg) -> None:
+  """Console format and filters, before anything is logged (see `config.runtime`)."""
+  handler = logging.get_absl_handler()
+  if runtime_cfg.get("log_format", "short") == "short":
+    handler.setFormatter(_ShortFormatter())
+  if runtime_cfg.quiet_library_logs and not any(
+      isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
+
+
 def configure_runtime(runtime_cfg) -> None:
-  """Process-wide JAX and logging settings from `config.runtime`."""
-  if runtime_cfg.quiet_library_logs:
-    logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  """Process-wide JAX settings from `config.runtime`; other processes than 0 log warnings
+  only (every process runs the same program; one console is enough)."""
+  if jax.process_index() > 0:
+    logging.set_verbosity(logging.WARNING)
   if runtime_cfg.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir",
                       os.path.expanduser(runtime_cfg.compilation_cache_dir))
@@ -76,6 +105,7 @@ def run(config, workdir: str):
     raise UserError("--workdir is required (a directory for checkpoints and results)")
   if config.method not in METHODS:
     raise UserError(f"config.method must be one of {sorted(METHODS)}, got {config.method!r}")
+  configure_logging(config.runtime)
   distributed.maybe_initialize(config.distributed)  # Before any device is touched.
   configure_runtime(config.runtime)
   logging.info("vtd: process %d/%d, %d local devices, %d global devices (%s)",

@@ -34,11 +34,9 @@ class MetricWriter:
   Args:
     logdir: directory for this run's metrics (created if missing; local or object store).
     tensorboard: also write TensorBoard event files via tensorboardX.
-    prefix: a name logged before each line (e.g. the stage name).
   """
 
-  def __init__(self, logdir: Any, *, tensorboard: bool = True, prefix: str = ""):
-    self._prefix = prefix
+  def __init__(self, logdir: Any, *, tensorboard: bool = True):
     self._is_writer = jax.process_index() == 0
     self._logdir = epath.Path(logdir)
     self._path = self._logdir / "metrics.jsonl"
@@ -69,9 +67,8 @@ class MetricWriter:
     return self._tb
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Appends one row (and TensorBoard scalars); the console line is `ProgressReporter`'s."""
     values = {k: _to_float(v) for k, v in scalars.items()}
-    text = ", ".join(f"{k}={v:.5g}" for k, v in sorted(values.items()))
-    logging.info("%s[%d] %s", f"{self._prefix} " if self._prefix else "", step, text)
     if not self._is_writer:
       return
     self._rows.append({"step": int(step), "time": time.time(),
@@ -116,7 +113,11 @@ def read_jsonl(path: Any) -> list[dict[str, Any]]:
 
 
 class ProgressReporter:
-  """Logs steps/s and the ETA every `every` steps (console progress for long runs)."""
+  """One console line per log interval: step, a few training terms, steps/s and the ETA.
+
+  The clock starts when `start_clock` is called after the first step returned, so neither
+  the rate nor the ETA includes compilation.
+  """
 
   def __init__(self, num_steps: int, start_step: int, *, every: int, prefix: str = ""):
     self._num_steps = num_steps
@@ -125,17 +126,29 @@ class ProgressReporter:
     self._last_step = start_step
     self._last_time = time.monotonic()
 
-  def __call__(self, step: int) -> float | None:
+  def start_clock(self, step: int) -> None:
+    self._last_step, self._last_time = step, time.monotonic()
+
+  def __call__(self, step: int, scalars: Mapping[str, float] | None = None) -> float | None:
     """Call after finishing `step`; returns steps/s when it logged, else None."""
     if step % self._every and step != self._num_steps:
       return None
     now = time.monotonic()
-    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-    eta = (self._num_steps - step) / max(rate, 1e-9)
-    logging.info("%s step %d/%d (%.1f%%), %.2f steps/s, ETA %s", self._prefix, step,
-                 self._num_steps, 100.0 * step / self._num_steps, rate, _format_seconds(eta))
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9) \
+        if step > self._last_step else None
+    terms = "".join(f" | {k} {v:.4g}" for k, v in _headline(scalars or {}))
+    timing = (f" | {rate:.2f} steps/s | ETA {_format_seconds((self._num_steps - step) / rate)}"
+              if rate else "")
+    logging.info("%s step %d/%d%s%s", self._prefix, step, self._num_steps, terms, timing)
     self._last_step, self._last_time = step, now
     return rate
+
+
+def _headline(scalars: Mapping[str, float], limit: int = 3) -> list[tuple[str, float]]:
+  """The loss first, then up to `limit - 1` other terms (never the gradient norm)."""
+  keys = ["loss"] if "loss" in scalars else []
+  keys += [k for k in sorted(scalars) if k not in ("loss", "grad_norm")][:limit - len(keys)]
+  return [(k, scalars[k]) for k in keys]
 
 
 def _format_seconds(seconds: float) -> str:

@@ -138,6 +138,27 @@ def _check_finite(step: int, measurements: Mapping[str, Any], last_good: int | N
   return values
 
 
+def _key_metrics(metrics: Mapping[str, float], loop_cfg) -> list[tuple[str, float]]:
+  """The checkpoint-selection metric, or the first two, for one console line."""
+  if loop_cfg.best_metric and loop_cfg.best_metric in metrics:
+    return [(loop_cfg.best_metric, metrics[loop_cfg.best_metric])]
+  return sorted(metrics.items())[:2]
+
+
+def _log_validation(name: str, step: int, metrics: Mapping[str, float], loop_cfg,
+                    best: tuple[int, float] | None) -> tuple[int, float] | None:
+  """One line per validation (every metric is in metrics.jsonl and TensorBoard)."""
+  shown = _key_metrics(metrics, loop_cfg)
+  text = ", ".join(f"{k} {v:.4g}" for k, v in shown)
+  if loop_cfg.best_metric in metrics:
+    value = metrics[loop_cfg.best_metric]
+    if best is None or (value > best[1] if loop_cfg.best_mode == "max" else value < best[1]):
+      best = (step, value)
+    text += f" (best {best[1]:.4g} at step {best[0]})"
+  logging.info("%s step %d validation: %s", name, step, text)
+  return best
+
+
 def fit(program: Program, loop_cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
         seed: int) -> FitResult:
   """Trains `program`, resuming from `<workdir>/checkpoints` if a checkpoint is there.
@@ -159,8 +180,7 @@ def fit(program: Program, loop_cfg: ml_collections.ConfigDict, workdir: str, mes
       os.path.join(workdir, "checkpoints"), keep_last=loop_cfg.keep_last,
       best_metric=loop_cfg.best_metric if track_best else None, best_mode=loop_cfg.best_mode,
       enable_async=loop_cfg.async_checkpointing)
-  writer = metric_writers.MetricWriter(workdir, tensorboard=loop_cfg.tensorboard,
-                                       prefix=program.name)
+  writer = metric_writers.MetricWriter(workdir, tensorboard=loop_cfg.tensorboard)
   try:
     return _fit(program, loop_cfg, mesh, seed, ckpt, writer)
   finally:
@@ -183,16 +203,19 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
   train_step = make_train_step(program, mesh, state_sharding)
   progress = metric_writers.ProgressReporter(program.num_steps, start,
                                              every=loop_cfg.log_every_steps, prefix=program.name)
-  if start == 0:
-    logging.info("%s: compiling the first step...", program.name)
+  if start < program.num_steps:
+    logging.info("%s: compiling the training step...", program.name)
   window: list[dict[str, float]] = []
   pending = None  # (step, device measurements): checked one step late to keep dispatch async.
   metrics: dict[str, float] = {}
+  best_so_far: tuple[int, float] | None = None
   with jax.set_mesh(mesh):
     for step in range(start + 1, program.num_steps + 1):
       batch = sharding.shard_batch(next(program.train_iter), mesh)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, measurements = train_step(state, batch, frozen)
+      if step == start + 1:
+        progress.start_clock(step)  # Compiled and dispatched: rates exclude compilation.
       if pending is not None:
         window.append(_check_finite(*pending, last_good, ckpt.directory))
       pending = (step, measurements)
@@ -204,8 +227,8 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
         window.append(_check_finite(*pending, last_good, ckpt.directory))
         pending = None
       if log_now:
-        rate = progress(step)
         mean = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
+        rate = progress(step, mean)
         if rate is not None:
           mean["steps_per_sec"] = rate
         writer.write_scalars(step, {f"train/{k}": v for k, v in mean.items()})
@@ -214,6 +237,7 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
       if eval_now:
         metrics = program.evaluate(sharding.to_local(state.variables))
         writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
+        best_so_far = _log_validation(program.name, step, metrics, loop_cfg, best_so_far)
       if save_now:
         ckpt.save(step, state, data_iter=program.train_iter,
                   metrics=(metrics or None) if ckpt.best_metric else None)
@@ -226,6 +250,6 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
     state = ckpt.restore(best, checkpointing.abstract_like(state))
   if program.evaluate is not None and (best != program.num_steps or not metrics):
     metrics = program.evaluate(sharding.to_local(state.variables))
-  logging.info("%s: selected step %d of %d %s", program.name, best, program.num_steps,
-               metrics)
+  logging.info("%s: selected step %d of %d%s", program.name, best, program.num_steps,
+               "".join(f" ({k} {v:.4g})" for k, v in _key_metrics(metrics, loop_cfg)))
   return FitResult(variables=sharding.to_local(state.variables), step=int(best), metrics=metrics)
