@@ -34,10 +34,12 @@ class MetricWriter:
   Args:
     logdir: directory for this run's metrics (created if missing; local or object store).
     tensorboard: also write TensorBoard event files via tensorboardX.
+    jsonl: also write metrics.jsonl (off for TensorBoard-only summaries).
   """
 
-  def __init__(self, logdir: Any, *, tensorboard: bool = True):
+  def __init__(self, logdir: Any, *, tensorboard: bool = True, jsonl: bool = True):
     self._is_writer = jax.process_index() == 0
+    self._jsonl = jsonl
     self._logdir = epath.Path(logdir)
     self._path = self._logdir / "metrics.jsonl"
     self._tensorboard = tensorboard
@@ -45,7 +47,7 @@ class MetricWriter:
     self._purge_step: int | None = None
     self._rows: list[dict[str, Any]] = []
     self._dirty = False
-    if self._is_writer and self._path.exists():
+    if self._is_writer and jsonl and self._path.exists():
       self._rows = read_jsonl(self._path)
 
   def truncate_after(self, step: int) -> None:
@@ -79,15 +81,18 @@ class MetricWriter:
       for k, v in values.items():
         tb.add_scalar(k, v, global_step=int(step))
 
-  def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+  def write_hparams(self, hparams: Mapping[str, Any],
+                    metrics: Mapping[str, float] | None = None) -> None:
+    """The run's settings (and final metrics) for TensorBoard's text and HParams tabs."""
     tb = self._tensorboard_writer() if self._is_writer else None
     if tb is not None:
       flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
               for k, v in hparams.items()}
       tb.add_text("hparams", json.dumps(flat, indent=1, sort_keys=True), 0)
+      tb.add_hparams(flat, {k: float(v) for k, v in (metrics or {}).items()}, name="hparams")
 
   def flush(self) -> None:
-    if self._is_writer and self._dirty:
+    if self._is_writer and self._dirty and self._jsonl:
       text = "".join(json.dumps(r) + "\n" for r in self._rows)
       artifacts.write_atomic(self._path, lambda f: f.write(text.encode("utf-8")))
       self._dirty = False

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import hashlib
 import json
 import time
@@ -147,27 +148,25 @@ def config_view(config: ml_collections.ConfigDict, keys: Sequence[str]
   return out
 
 
-def _drop(tree: Any, dotted_keys: Sequence[str], prefix: str = "") -> Any:
+def _is_listed(path: str, patterns: Sequence[str]) -> bool:
+  """Whether dotted `path` matches one of `patterns` ('*' matches one component)."""
+  return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def _drop(tree: Any, patterns: Sequence[str], prefix: str = "") -> Any:
   if not isinstance(tree, Mapping):
     return tree
-  out = {}
-  for k, v in tree.items():
-    path = f"{prefix}{k}"
-    if path in dotted_keys:
-      continue
-    out[k] = _drop(v, dotted_keys, path + ".")
-  return out
+  return {k: _drop(v, patterns, f"{prefix}{k}.") for k, v in tree.items()
+          if not _is_listed(f"{prefix}{k}", patterns)}
 
 
 def declared_values(config: ml_collections.ConfigDict, keys: Sequence[str],
                     non_result: Sequence[str] = NON_RESULT_KEYS) -> dict[str, Any]:
-  """{dotted key: value} of the declared keys, without the non-result ones (JSON-normalised)."""
+  """{dotted key: value} of the declared keys, without the non-result ones (JSON-normalised;
+  `non_result` entries may use '*' for one path component, e.g. 'evals.*.query_chunk')."""
   plain = config.to_dict()
-  values = {}
-  for key in sorted(set(keys)):
-    if key in non_result:
-      continue
-    values[key] = _drop(_lookup(plain, key), non_result, key + ".")
+  values = {key: _drop(_lookup(plain, key), non_result, key + ".")
+            for key in sorted(set(keys)) if not _is_listed(key, non_result)}
   return json.loads(json.dumps(values, default=artifacts.json_default))
 
 

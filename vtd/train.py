@@ -9,7 +9,6 @@ metric writing, progress, periodic validation with keep-best, and a NaN/inf guar
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, Iterator, Mapping
 
 import flax
@@ -19,10 +18,12 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
 from vtd import checkpointing
 from vtd import metric_writers
+from vtd import plots
 from vtd import sharding
 from vtd.errors import UserError
 
@@ -177,15 +178,21 @@ def fit(program: Program, loop_cfg: ml_collections.ConfigDict, workdir: str, mes
   """
   track_best = program.evaluate is not None and loop_cfg.best_metric
   ckpt = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep_last=loop_cfg.keep_last,
+      epath.Path(workdir) / "checkpoints", keep_last=loop_cfg.keep_last,
       best_metric=loop_cfg.best_metric if track_best else None, best_mode=loop_cfg.best_mode,
       enable_async=loop_cfg.async_checkpointing)
   writer = metric_writers.MetricWriter(workdir, tensorboard=loop_cfg.tensorboard)
   try:
-    return _fit(program, loop_cfg, mesh, seed, ckpt, writer)
+    result = _fit(program, loop_cfg, mesh, seed, ckpt, writer)
   finally:
     ckpt.close()
     writer.close()
+  if jax.process_index() == 0:
+    plots.training_curves(epath.Path(workdir) / "metrics.jsonl",
+                          epath.Path(workdir) / "curves.png", title=program.name,
+                          val_metric=loop_cfg.best_metric if track_best else "",
+                          selected_step=result.step)
+  return result
 
 
 def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:

@@ -44,13 +44,23 @@ def test_results_for_every_model(finished_run):
   _, workdir, results = finished_run
   with open(workdir / "results.json") as f:
     on_disk = json.load(f)
-  assert sorted(on_disk) == sorted(MODELS + ["teacher_ensemble"])
-  assert on_disk["teacher_ensemble"]["test"]["t2v"]["num_queries"] > 16
+  assert on_disk["method"] == "teachtext"
+  assert sorted(on_disk["models"]) == sorted(MODELS + ["teacher_ensemble"])
+  assert sorted(on_disk["evaluators"]) == ["test", "val"]  # qbnorm is off by default.
+  assert on_disk["evaluators"]["test"]["columns"][0] == "t2v/R1"
+  assert on_disk["models"]["teacher_ensemble"]["test"]["t2v/num_queries"] > 16
   for name in MODELS:
-    t2v = on_disk[name]["test"]["t2v"]
-    assert 0 <= t2v["R1"] <= t2v["R5"] <= t2v["R10"] <= t2v["R50"] <= 100
-    assert on_disk[name]["test"]["v2t"]["num_queries"] == 16
+    test = on_disk["models"][name]["test"]
+    assert 0 <= test["t2v/R1"] <= test["t2v/R5"] <= test["t2v/R10"] <= test["t2v/R50"] <= 100
+    assert test["v2t/num_queries"] == 16
     assert os.path.isfile(workdir / name / "model" / artifacts.VARIABLES)
+    curve = on_disk["stages"][name]["eval_curves"]["test"]["recall_at_k"]["t2v"]
+    assert curve[0] == pytest.approx(test["t2v/R1"], abs=1e-3)
+    assert curve[9] == pytest.approx(test["t2v/R10"], abs=1e-3)
+    assert os.path.isfile(workdir / name / "curves.png")
+  assert os.path.isfile(workdir / "plots" / "recall_at_k.png")
+  assert os.listdir(workdir / "tb")  # hparams and test metrics for TensorBoard.
+  on_disk = on_disk["stages"]
   tt = on_disk["student_teachtext"]
   assert tt["distill_weight"] == 1.0 and len(tt["teachers"]) == 3
   records = metric_writers.read_jsonl(workdir / "student_teachtext" / "metrics.jsonl")
@@ -78,11 +88,12 @@ def test_export_then_evaluate_reproduces_test_metrics(finished_run, tmp_path):
                                             artifacts.METADATA])
   assert meta["exported_from"].endswith("student_teachtext")
   got = evaluate_lib.evaluate_artifact(str(out), "test")
-  for d in ("t2v", "v2t"):
-    for k, v in results["student_teachtext"]["test"][d].items():
-      np.testing.assert_allclose(got["metrics"][d][k], v, rtol=1e-6)
-  with pytest.raises(FileNotFoundError, match="no finished model 'student_nope'"):
-    export_lib.export(str(workdir), "student_nope", str(tmp_path / "x"))
+  for k, v in results["student_teachtext"]["evals"]["test"].items():
+    np.testing.assert_allclose(got["metrics"]["evals"]["test"][k], v, rtol=1e-6)
+  assert export_lib.exportable(str(workdir)) == sorted(MODELS)
+  with pytest.raises(UserError, match="no exportable model 'teacher_ensemble' in .*; "
+                                      "exportable: student_baseline, student_teachtext"):
+    export_lib.export(str(workdir), "teacher_ensemble", str(tmp_path / "x"))
 
 
 def _main_cli(*args, cwd=REPO):
@@ -158,11 +169,10 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   assert set(_actions(caplog).values()) == {"reusing"}
   # An evaluation-only key: every trained model is re-evaluated, nothing retrained.
   caplog.clear()
-  config.qbnorm.enabled = True
+  config.evals.qbnorm.enabled = True
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {**{m: "re-evaluating" for m in MODELS},
-                              "teacher_ensemble": "reusing"}
-  assert "test_qbnorm" in again["student_teachtext"]
+  assert _actions(caplog) == {m: "re-evaluating" for m in MODELS + ["teacher_ensemble"]}
+  assert "qbnorm" in again["student_teachtext"]["evals"]
   assert again["student_teachtext"]["step"] == results["student_teachtext"]["step"]
   assert not (work / "superseded").exists()
   # A key only the distilled student reads: only it reruns; the old one is kept.
@@ -175,7 +185,7 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   (stamp,) = os.listdir(work / "superseded")
   assert os.listdir(work / "superseded" / stamp) == ["student_teachtext"]
   with open(work / "results.json") as f:
-    assert json.load(f)["student_teachtext"]["distill_weight"] == 2.0
+    assert json.load(f)["stages"]["student_teachtext"]["distill_weight"] == 2.0
   # strict: a changed key stops the run with one line naming it.
   config.runtime.reuse = "strict"
   config.optim.lr = 0.5

@@ -46,6 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtd.evaluators import common
+from vtd.evaluators import retrieval
+
 BankSims = Any  # [M, N] array | iterable of [m_i, N] arrays | callable (start, stop) -> [m, N]
 
 
@@ -279,3 +282,35 @@ def dis_rerank(test_sims: Any, bank_sims: BankSims, *, beta: float = 20.0, k: in
   for start, scores in iter_dis_scores(test_sims, stats, query_chunk=query_chunk):
     out[start:start + scores.shape[0]] = scores
   return out
+
+
+# ---- the "qbnorm" evaluator (config.evals.<name>.type = "qbnorm") ----------------------------
+
+
+class Evaluator:
+  """t2v retrieval after QB-Norm with Dynamic Inverted Softmax (querybank = a split's captions).
+
+  model: has `bank_similarities(bank, gallery) -> (fn(start, stop) -> [rows, N_v], num_bank)`
+    and `accumulate(split, *, query_chunk, transform) -> RetrievalAccumulator`
+    (e.g. `vtd.teachtext.evaluate.Scorer`).
+  context: has `split(name)`.
+  DIS rows live on different scales, so only t2v (per-query ranking) is meaningful.
+  """
+
+  def __init__(self, split: str = "test", bank: str = "train", beta: float = 20.0, k: int = 1,
+               bank_chunk: int = 512, query_chunk: int = 2048, curve_max_k: int = 100):
+    self.split, self.bank, self.beta, self.k = split, bank, beta, k
+    self.bank_chunk, self.query_chunk, self.curve_max_k = bank_chunk, query_chunk, curve_max_k
+    self.columns = tuple(f"t2v/{c}" for c in retrieval.COLUMNS)
+    self.headers = tuple(f"t2v {h}" for h in retrieval.HEADERS)
+
+  def run(self, model: Any, context: Any) -> common.EvalResult:
+    gallery = context.split(self.split)
+    bank_sims, num_bank = model.bank_similarities(context.split(self.bank), gallery)
+    stats = querybank_stats(bank_sims, beta=self.beta, k=self.k, bank_chunk=self.bank_chunk,
+                            num_bank=num_bank)
+    acc = model.accumulate(gallery, query_chunk=self.query_chunk,
+                           transform=lambda sims: dis_scores(sims, stats))
+    result = retrieval.from_ranks({"t2v": acc.ranks()["t2v"]}, ("t2v",), self.curve_max_k)
+    result.info["querybank_size"] = int(num_bank)
+    return result

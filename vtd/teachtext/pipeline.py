@@ -28,21 +28,22 @@ import ml_collections
 from vtd import artifacts
 from vtd import config_lib
 from vtd import fingerprint
+from vtd import plots
 from vtd import results as results_lib
 from vtd import sharding
 from vtd import stages
 from vtd.errors import UserError
+from vtd.evaluators import common as evaluators_lib
+from vtd.evaluators import retrieval as retrieval_eval
 from vtd.teachtext import denoise as denoise_lib
 from vtd.teachtext import evaluate as tt_evaluate
 from vtd.teachtext import train as trainer
 
-# Config groups every trained model's result depends on.
-MODEL_KEYS = ("seed", "data", "model", "loss", "train", "optim")
-# Read only to evaluate a trained model (a change re-evaluates, never retrains).
-EVAL_KEYS = ("eval", "qbnorm")
+# Config groups every trained model's result depends on (evals.val selects its checkpoint).
+MODEL_KEYS = ("seed", "data", "model", "loss", "train", "optim", "eval", "evals.val")
 # Performance knobs with identical results, and where the generated data is cached.
-NON_RESULT_KEYS = ("data.cache_dir", "eval.chunk_size", "eval.query_chunk",
-                   "qbnorm.bank_chunk")
+NON_RESULT_KEYS = ("data.cache_dir", "eval.chunk_size", "evals.*.query_chunk",
+                   "evals.*.bank_chunk")
 RESERVED_NAMES = ("student_baseline", "teacher_ensemble", "denoise")
 KEPT_CAPTIONS = "kept_captions.npy"  # Output of the denoise stage.
 
@@ -82,9 +83,15 @@ def _check_data(config: ml_collections.ConfigDict, data) -> None:
     trainer.model_experts(experts, split)
 
 
+def _eval_keys(config) -> tuple[str, ...]:
+  """Read only to evaluate a trained model (a change re-evaluates, never retrains)."""
+  return tuple(f"evals.{n}" for n in evaluators_lib.reporting(config.evals))
+
+
 def build_graph(config: ml_collections.ConfigDict, data, mesh) -> list[stages.Stage]:
   """The stages of this config, in execution order."""
   graph: list[stages.Stage] = []
+  eval_keys = _eval_keys(config)
   teacher_experts = config.teachers.experts or config.model.experts
   external = [os.path.expanduser(d) for d in config_lib.parse_list(config.teachers.artifact_dirs)]
   teacher_stages: tuple[str, ...] = ()
@@ -93,7 +100,7 @@ def build_graph(config: ml_collections.ConfigDict, data, mesh) -> list[stages.St
       name = f"teacher_{emb}"
       graph.append(stages.Stage(
           name=name, title=f"teacher, text embedding {emb}",
-          config_keys=MODEL_KEYS + ("teachers.experts",), eval_keys=EVAL_KEYS,
+          config_keys=MODEL_KEYS + ("teachers.experts",), eval_keys=eval_keys,
           run=functools.partial(trainer.train_model, data=data, mesh=mesh, text_embedding=emb,
                                 experts=teacher_experts,
                                 seed=trainer.stage_seed(config.seed, name))))
@@ -109,14 +116,16 @@ def build_graph(config: ml_collections.ConfigDict, data, mesh) -> list[stages.St
   if len(teacher_dirs) > 1:
 
     def run_ensemble(ctx):
-      embs = [tt_evaluate.embed_split(t.model, v, data.test, t.text_embedding,
-                                      chunk_size=ctx.config.eval.chunk_size)
-              for t, v in loaded_teachers(ctx)]
-      return {"test": tt_evaluate.retrieval_metrics_from_embeddings(
-          embs, data.test.caption_mask, query_chunk=ctx.config.eval.query_chunk)}
+      scorer = tt_evaluate.Scorer([(t.model, v, t.text_embedding)
+                                   for t, v in loaded_teachers(ctx)],
+                                  chunk_size=ctx.config.eval.chunk_size)
+      evaluators = {n: e for n, e in evaluators_lib.from_config(
+          ctx.config.evals, evaluators_lib.reporting(ctx.config.evals)).items()
+                    if isinstance(e, retrieval_eval.Evaluator)}
+      return evaluators_lib.to_json(evaluators_lib.run_all(evaluators, scorer, data))
 
     graph.append(stages.Stage(name="teacher_ensemble", title="diagnostic: mean of teachers",
-                              config_keys=("data",), eval_keys=("eval",),
+                              config_keys=("data", "eval"), eval_keys=eval_keys,
                               inputs=teacher_stages, extra=teacher_extra, run=run_ensemble))
 
   student_inputs: tuple[str, ...] = ()
@@ -124,15 +133,14 @@ def build_graph(config: ml_collections.ConfigDict, data, mesh) -> list[stages.St
 
     def run_denoise(ctx):
       kept, quality = denoise_lib.denoise(loaded_teachers(ctx), data.train, ctx.config.denoise,
-                                          chunk_size=ctx.config.eval.chunk_size,
-                                          query_chunk=ctx.config.eval.query_chunk)
+                                          chunk_size=ctx.config.eval.chunk_size)
       if jax.process_index() == 0:
         artifacts.save_npy_atomic(ctx.dir / KEPT_CAPTIONS, kept)
       return {"removal": quality, "fraction": ctx.config.denoise.fraction,
               "max_rank": ctx.config.denoise.max_rank}
 
     graph.append(stages.Stage(name="denoise", title="teachers rank the training captions",
-                              config_keys=("data", "denoise"), eval_keys=("eval",),
+                              config_keys=("data", "denoise", "eval"),
                               inputs=teacher_stages, extra=teacher_extra, run=run_denoise))
     student_inputs = ("denoise",)
 
@@ -152,12 +160,12 @@ def build_graph(config: ml_collections.ConfigDict, data, mesh) -> list[stages.St
   if config.student.train_baseline:
     graph.append(stages.Stage(
         name="student_baseline", title="student without distillation",
-        config_keys=student_keys, eval_keys=EVAL_KEYS, inputs=student_inputs,
+        config_keys=student_keys, eval_keys=eval_keys, inputs=student_inputs,
         run=functools.partial(run_student, distill_weight=0.0, within=False)))
   distilled = config.distill.weight > 0
   graph.append(stages.Stage(
       name=config.student.name, title="distilled student" if distilled else "student",
-      config_keys=student_keys + ("distill", "within"), eval_keys=EVAL_KEYS,
+      config_keys=student_keys + ("distill", "within"), eval_keys=eval_keys,
       inputs=student_inputs + (teacher_stages if distilled else ()),
       extra=teacher_extra if distilled else None,
       run=functools.partial(run_student, distill_weight=config.distill.weight, within=True)))
@@ -176,11 +184,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   results = stages.run_pipeline(config, workdir, build_graph(config, data, mesh),
                                 data_fingerprint=trainer.data_fingerprint(config.data),
                                 non_result_keys=NON_RESULT_KEYS)
-  table = {k: v["test"] for k, v in results.items() if "test" in v}
-  table.update({f"{k}+qbnorm": v["test_qbnorm"] for k, v in results.items()
-                if "test_qbnorm" in v})
+  evaluators = evaluators_lib.from_config(config.evals)
   if jax.process_index() == 0:
-    artifacts.write_json_atomic(workdir / "results.json", results)
-    print(results_lib.format_table(table, title=f"TeachText test metrics ({workdir})"))
+    report = results_lib.report(workdir, config, results, evaluators, title="TeachText")
+    plots.recall_at_k(results_lib.curves(report, "recall_at_k", "test"),
+                      workdir / "plots" / "recall_at_k.png",
+                      title=f"TeachText, test split: R@K ({workdir})")
   sharding.sync("teachtext-done")
   return results

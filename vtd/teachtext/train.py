@@ -30,6 +30,7 @@ from vtd.data import ce_features
 from vtd.data import retrieval as retrieval_data
 from vtd.data import synthetic_retrieval
 from vtd.errors import UserError
+from vtd.evaluators import common as evaluators_lib
 from vtd.losses import distillation, ranking, relational, within_modality
 from vtd.teachtext import evaluate as tt_evaluate
 from vtd.teachtext import input_pipeline
@@ -277,11 +278,18 @@ def train_model(ctx: stages.StageContext, data: retrieval_data.RetrievalDataset,
     return model.init(rng, sample["text"][text_embedding], sample["experts"],
                       sample["available"], train=False)
 
-  eval_kw = dict(chunk_size=config.eval.chunk_size, query_chunk=config.eval.query_chunk)
+  evaluators = evaluators_lib.from_config(config.evals)
+  if "val" not in evaluators:
+    raise UserError("config.evals.val (the validation evaluator) is missing; checkpoints are "
+                    "selected on it")
+  validation = evaluators.pop("val")
+
+  def scorer(variables):
+    return tt_evaluate.Scorer.single(model, variables, text_embedding,
+                                     chunk_size=config.eval.chunk_size)
 
   def validate(variables):
-    return tt_evaluate.flatten_metrics(tt_evaluate.evaluate(
-        model, variables, data.val, text_embedding, **eval_kw))
+    return validation.run(scorer(variables), data).metrics
 
   loss_fn = make_loss_fn(
       model, text_embedding, config.loss, distill_weight=distill_weight, teachers=teachers,
@@ -292,37 +300,18 @@ def train_model(ctx: stages.StageContext, data: retrieval_data.RetrievalDataset,
       optimizer=optim.create_optimizer(config.optim, steps_per_epoch), train_iter=train_iter,
       num_steps=steps, frozen=frozen, evaluate=validate)
   fit = train_lib.fit(program, _per_epoch(config.train, steps_per_epoch), ctx.dir, mesh, seed)
-  test = tt_evaluate.evaluate(model, fit.variables, data.test, text_embedding, **eval_kw)
   result = {"model_name": name, "text_embedding": text_embedding, "step": fit.step,
             "num_steps": steps, "distill_weight": distill_weight,
             "distill_method": config.distill.method if distill_weight > 0 else None,
             "within": within, "train_captions": int(split.caption_mask.sum()),
             "teachers": [ctx.rel(t.artifact_dir) for t in teachers], "val": fit.metrics,
-            "test": test,
+            **evaluators_lib.to_json(evaluators_lib.run_all(evaluators, scorer(fit.variables),
+                                                            data)),
             "test_cost": tt_evaluate.video_cost(model, fit.variables, data.test,
                                                 chunk_size=config.eval.chunk_size),
             "expert_shapes": [list(s) for s in model.expert_shapes],
             "artifact": ctx.rel(ctx.dir / "model")}
-  if config.qbnorm.enabled:
-    bank = data.split(config.qbnorm.bank)
-    result["test_qbnorm"] = tt_evaluate.evaluate_qbnorm(
-        model, fit.variables, bank=bank, test=data.test, text_embedding=text_embedding,
-        beta=config.qbnorm.beta, k=config.qbnorm.k, bank_chunk=config.qbnorm.bank_chunk,
-        **eval_kw)
-    result["qbnorm"] = {"bank": config.qbnorm.bank, "beta": config.qbnorm.beta,
-                        "k": config.qbnorm.k, "querybank_size": int(bank.caption_mask.sum())}
   if jax.process_index() == 0:
     artifacts.save_artifact(ctx.dir / "model", fit.variables, config,
                             {"method": "teachtext", **result})
   return result
-
-
-def evaluate_artifact(variables: Any, config: ml_collections.ConfigDict,
-                      metadata: dict[str, Any], split: str) -> dict[str, dict[str, float]]:
-  """Metrics of an exported TeachText model on a split (used by `python -m vtd.evaluate`)."""
-  data = load_data(config.data, [metadata["text_embedding"]])
-  model = teachers_lib.build_model(config.model,
-                                   [(n, tuple(s)) for n, s in metadata["expert_shapes"]])
-  return tt_evaluate.evaluate(model, variables, data.split(split), metadata["text_embedding"],
-                              chunk_size=config.eval.chunk_size,
-                              query_chunk=config.eval.query_chunk)
