@@ -459,8 +459,11 @@ def load_npz(path: str, spec: SyntheticFivrSpec) -> SyntheticFivr:
                          annotation=json.loads(str(arrays["annotation"])),
                          split=_split(video_ids, kinds, query_ids), events=arrays["events"],
                          kinds=kinds)
-  except KeyError as e:  # A checksummed file of this spec lacks a key: written by other code.
-    raise UserError(f"synthetic FIVR cache {path} lacks array {e}") from None
+  except (OSError, ValueError, KeyError) as e:  # Truncated or foreign files.
+    if isinstance(e, UserError):
+      raise
+    raise UserError(f"cannot read synthetic FIVR cache {path}: {type(e).__name__}: {e}"
+                    ) from None
 
 
 def cache_path(spec: SyntheticFivrSpec, cache_dir: str) -> str:

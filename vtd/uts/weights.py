@@ -27,6 +27,7 @@ naming the file and the key.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
