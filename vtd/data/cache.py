@@ -24,7 +24,7 @@ from vtd.errors import UserError
 T = TypeVar("T")
 
 CHECKSUM_KEY = "meta/checksum"
-_REMEDY = "it is regenerated on the next run (or delete it)"
+_REMEDY = "vtd regenerates it"  # What load_or_generate does with an entry load_entry rejects.
 
 
 def cache_file(cache_dir: str, name: str, key: str) -> str:
@@ -80,8 +80,9 @@ def load_or_generate(path: str | None, generate: Callable[[], T], load: Callable
   if os.path.exists(path):
     try:
       return load(path)
-    except UserError as e:
-      logging.warning("regenerating the cache entry %s: %s", path, e)
+    except UserError as e:  # The message names the path.
+      message = str(e)
+      logging.warning("%s%s", message, "" if message.endswith(_REMEDY) else f"; {_REMEDY}")
   data = generate()
   save(data, path)
   return data
