@@ -84,6 +84,9 @@ def test_missing_or_extra_arrays_and_values(tmp_path, ds):
   bad["train/caption_mask"] = bad["train/caption_mask"].astype(np.int8)
   with pytest.raises(UserError, match=r"array 'train/caption_mask' must be bool, got int8"):
     retrieval.load_npz(_saved(tmp_path, bad, "int.npz"))
+  bad = {**retrieval.to_arrays(ds), "train/experts/scene": ds.train.experts["scene"]}
+  with pytest.raises(UserError, match=r"unknown array 'train/experts/scene'"):
+    retrieval.load_npz(_saved(tmp_path, bad, "typo.npz"))
   bad = retrieval.to_arrays(ds)
   bad["val/video_ids"] = np.asarray(["same"] * ds.val.num_videos)
   with pytest.raises(UserError, match=r"split 'val': video id 'same' occurs twice"):
