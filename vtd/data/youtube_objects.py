@@ -320,11 +320,11 @@ def list_youtube_objects(root: str, version: str = "auto", classes: Sequence[str
       annotation file (the message names the path).
   """
   if version not in ("auto", "v1", "v2.2"):
-    raise ValueError(f"version must be 'auto', 'v1' or 'v2.2', got {version!r}")
-  if split not in ("all", "train", "test"):
-    raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+    raise UserError(f"version must be 'auto', 'v1' or 'v2.2', got {version!r}")
+  if split not in ("all", "train", "test"):  # config.data.test_split in a segmentation run.
+    raise UserError(f"YouTube-Objects split must be 'all', 'train' or 'test', got {split!r}")
   if box_convention not in ("matlab", "raw"):
-    raise ValueError(f"box_convention must be 'matlab' or 'raw', got {box_convention!r}")
+    raise UserError(f"box_convention must be 'matlab' or 'raw', got {box_convention!r}")
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise UserError(f"YouTube-Objects root folder not found: {root}")
