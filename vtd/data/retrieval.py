@@ -249,7 +249,6 @@ def load_npz(path: str) -> RetrievalDataset:
     missing or mistyped array, or splits whose dimensions disagree.
   """
   if not os.path.isfile(path):
-    raise UserError(f"retrieval data file not found: {path}; set config.data.path to a file "
-                    f"written by python -m vtd.data.ce_features or save_npz")
+    raise UserError(f"retrieval data file not found: {path}")
   arrays = file_errors.read_npz(path, "retrieval data file", _REMEDY)
   return from_arrays(arrays, path)
