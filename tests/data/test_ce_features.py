@@ -366,4 +366,3 @@ def test_teachtext_config_reads_ce_source(msrvtt):
   config.data.root = ""
   with pytest.raises(UserError, match="config.data.root"):
     tt_train.load_data(config)
-
