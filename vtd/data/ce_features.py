@@ -142,6 +142,8 @@ def expert_features(data: Any, video_ids: Sequence[str], *, max_tokens: int | No
     if np.isnan(arr).any():  # ExpertStore rows of missing videos are NaN.
       arrays.append(None)
       continue
+    if np.isinf(arr).any():
+      raise UserError(f"{source}: video {vid!r} has infinite feature values (a damaged file?)")
     if dim is None:
       dim = arr.shape[-1]
     elif arr.shape[-1] != dim:
@@ -228,8 +230,8 @@ def text_features(data: Any, video_ids: Sequence[str], *, max_tokens: int,
       elif c.shape[1] != dim:
         raise UserError(f"{source}: video {vid!r} has word features of dimension {c.shape[1]}, "
                         f"others {dim}")
-      if np.isnan(c).any():
-        raise UserError(f"{source}: video {vid!r} has NaN word features")
+      if not np.isfinite(c).all():
+        raise UserError(f"{source}: video {vid!r} has NaN or infinite word features")
       _check_range(c[:max_tokens], dtype, source, vid)
     per_video.append(caps)
   if empty:
