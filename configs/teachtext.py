@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   # synthetic: the embedded generated dataset; npz: a file in vtd's retrieval format; ce: the
-  # released feature archives of the official TeachText / CE code (vtd/data/ce_features.py).
+  # released feature archives of the official TeachText / CE code (vtd/teachtext/data/ce_features.py).
   config.data.source = "synthetic"
   # The .npz file for source=npz.
   config.data.path = ""
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.dtype = "float16"
   # Where the generated dataset is cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"
-  # Generator parameters (vtd/data/synthetic_retrieval.py documents the model).
+  # Generator parameters (vtd/teachtext/data/synthetic_retrieval.py documents the model).
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0,  # Dataset seed (fixed across training seeds).
       num_train=1200,  # Training videos.

@@ -17,10 +17,10 @@ import pytest
 import scipy.io
 
 from tests.data import fuzzing
-from vtd.data import ce_features
+from vtd.teachtext.data import ce_features
 from vtd.data import fivr
 from vtd.data import object_discovery as od
-from vtd.data import retrieval
+from vtd.teachtext.data import retrieval
 from vtd.data import video_io
 from vtd.data import youtube_objects as yto
 

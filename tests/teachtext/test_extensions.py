@@ -10,8 +10,8 @@ import pytest
 
 from launch import teachtext_ablation
 from vtd import main as vtd_main
-from vtd.data import retrieval as retrieval_data
-from vtd.data import synthetic_retrieval
+from vtd.teachtext.data import retrieval as retrieval_data
+from vtd.teachtext.data import synthetic_retrieval
 from vtd.errors import UserError
 from vtd.evaluators import qbnorm
 from vtd.evaluators.retrieval import metrics_from_ranks

@@ -112,7 +112,8 @@ def test_missing_data_path_is_one_line_error(tmp_path):
                    "--config.data.source=npz", f"--config.data.path={tmp_path}/nope.npz")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
-      f"vtd: error: retrieval data file not found: {tmp_path}/nope.npz")
+      f"vtd: error: retrieval data file not found: {tmp_path}/nope.npz; fix config.data.path "
+      "(a vtd retrieval .npz, e.g. from python -m vtd.teachtext.data.ce_features)")
 
 
 def test_batch_not_divisible_by_devices_is_one_line_error(tmp_path):

@@ -54,7 +54,7 @@ def reading(path: str, what: str, remedy: str) -> Iterator[None]:
   Args:
     path: the file being read (named in the message).
     what: what it is, e.g. "retrieval data file".
-    remedy: what the user should do, e.g. "re-create it with python -m vtd.data.ce_features".
+    remedy: what the user should do, e.g. "re-create it with python -m vtd.teachtext.data.ce_features".
 
   Raises:
     UserError: "cannot read <what> <path>: damaged or not in the expected format (<error>);

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from vtd import chunking
-from vtd.data.retrieval import RetrievalSplit
+from vtd.teachtext.data.retrieval import RetrievalSplit
 from vtd.evaluators.retrieval import RetrievalAccumulator
 from vtd.teachtext import input_pipeline
 from vtd.teachtext.models import RetrievalModel, similarity, stack_available

@@ -26,9 +26,9 @@ from vtd import fingerprint
 from vtd import optim
 from vtd import stages
 from vtd import train as train_lib
-from vtd.data import ce_features
-from vtd.data import retrieval as retrieval_data
-from vtd.data import synthetic_retrieval
+from vtd.teachtext.data import ce_features
+from vtd.teachtext.data import retrieval as retrieval_data
+from vtd.teachtext.data import synthetic_retrieval
 from vtd.errors import UserError
 from vtd.evaluators import common as evaluators_lib
 from vtd.losses import distillation, ranking, relational, within_modality

@@ -9,8 +9,8 @@ import pytest
 
 from configs import teachtext as tt_config
 from vtd import main as vtd_main
-from vtd.data import retrieval
-from vtd.data import synthetic_retrieval as synth
+from vtd.teachtext.data import retrieval
+from vtd.teachtext.data import synthetic_retrieval as synth
 from vtd.errors import UserError
 
 SPEC = synth.SyntheticRetrievalSpec(num_train=24, num_val=8, num_test=10, num_concepts=32)

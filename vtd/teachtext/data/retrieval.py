@@ -163,8 +163,8 @@ def _all_finite(values: np.ndarray, chunk_bytes: int = 1 << 26) -> bool:
 
 
 _SPLITS = ("train", "val", "test")
-_REMEDY = ("re-create it (python -m vtd.data.ce_features ... --out FILE, or "
-           "vtd.data.retrieval.save_npz)")
+_REMEDY = ("re-create it (python -m vtd.teachtext.data.ce_features ... --out FILE, or "
+           "vtd.teachtext.data.retrieval.save_npz)")
 
 
 def to_arrays(ds: RetrievalDataset) -> dict[str, np.ndarray]:
@@ -249,6 +249,7 @@ def load_npz(path: str) -> RetrievalDataset:
     missing or mistyped array, or splits whose dimensions disagree.
   """
   if not os.path.isfile(path):
-    raise UserError(f"retrieval data file not found: {path}")
+    raise UserError(f"retrieval data file not found: {path}; fix config.data.path (a vtd "
+                    "retrieval .npz, e.g. from python -m vtd.teachtext.data.ce_features)")
   arrays = file_errors.read_npz(path, "retrieval data file", _REMEDY)
   return from_arrays(arrays, path)

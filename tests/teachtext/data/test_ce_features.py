@@ -1,4 +1,4 @@
-"""Tests for vtd.data.ce_features on tiny files written in the official release's format."""
+"""Tests for vtd.teachtext.data.ce_features on tiny files written in the official release's format."""
 
 import logging
 import math
@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from vtd.data import ce_features, ce_specs
-from vtd.data.retrieval import load_npz, save_npz
+from vtd.teachtext.data import ce_features, ce_specs
+from vtd.teachtext.data.retrieval import load_npz, save_npz
 from vtd.errors import UserError
 
 NAN = float("nan")

@@ -1,10 +1,10 @@
 r"""Reads the released features of the official TeachText / CE code into a `RetrievalDataset`.
 
-  python -m vtd.data.ce_features --data-dir data --dataset msrvtt_full --out msrvtt.npz
+  python -m vtd.teachtext.data.ce_features --data-dir data --dataset msrvtt_full --out msrvtt.npz
   python -m vtd.main --config=configs/teachtext.py --config.data.source=npz \
       --config.data.path=msrvtt.npz ...
 
-Layout (reference §5; per-dataset names in `vtd.data.ce_specs`):
+Layout (reference §5; per-dataset names in `vtd.teachtext.data.ce_specs`):
 
   <data_dir>/<DATASET>/high-quality/structured-symlinks/   (TeachText "HQ" release; the CE
                                                              features-v2 release and QuerYD use
@@ -16,7 +16,7 @@ Layout (reference §5; per-dataset names in `vtd.data.ce_specs`):
     teachers/*.pkl                         {vid: {'vid_embds': {e: [D]}, 'text_embds': {e: [n, D]}}}
 
 Formats read: dict pickles, old `ExpertStore` pickles (module `datastructures`) and pickled-dict
-.npy files, through a restricted unpickler; not hickle (`vtd.data.ce_files` documents them).
+.npy files, through a restricted unpickler; not hickle (`vtd.teachtext.data.ce_files` documents them).
 Public names of `ce_files` are re-exported here.
 
 Decisions:
@@ -63,7 +63,7 @@ vtd's npz cache; no tfds builder, no grain source.** Facts behind it:
   1k-A, 1k-B) is one object here but two copies after the npz round trip.
 * If that is too much, the step that pays is not tfds but storing the text ragged (offsets +
   concatenated tokens, ~3.4x smaller for MSR-VTT) or memory-mapped (uncompressed .npy per
-  array; np.memmap supports the pipeline's fancy indexing) - a change to vtd.data.retrieval and
+  array; np.memmap supports the pipeline's fancy indexing) - a change to vtd.teachtext.data.retrieval and
   the TeachText pipeline/evaluator, which this module leaves alone.
 """
 
@@ -78,11 +78,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from absl import logging
 
-from vtd.data import ce_specs
+from vtd.teachtext.data import ce_specs
 # Re-exported: the file-level readers are part of this module's API.
-from vtd.data.ce_files import (ExpertStore, TeacherEmbeddings, as_mapping,  # noqa: F401
+from vtd.teachtext.data.ce_files import (ExpertStore, TeacherEmbeddings, as_mapping,  # noqa: F401
                                load_feature_file, load_teacher_embeddings, read_split_list)
-from vtd.data.retrieval import RetrievalDataset, RetrievalSplit, save_npz
+from vtd.teachtext.data.retrieval import RetrievalDataset, RetrievalSplit, save_npz
 from vtd.errors import UserError
 
 SPLITS = ce_specs.SPLITS
@@ -400,7 +400,7 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      prog="python -m vtd.data.ce_features",
+      prog="python -m vtd.teachtext.data.ce_features",
       description="Convert the official CE / TeachText features to vtd's retrieval .npz.")
   parser.add_argument("--dataset", choices=sorted(ce_specs.SPECS), required=True)
   where = parser.add_mutually_exclusive_group(required=True)
@@ -432,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
         dtype=np.dtype(args.dtype))
     save_npz(ds, args.out)
   except (UserError, ValueError) as e:
-    sys.exit(f"vtd.data.ce_features: error: {e}")
+    sys.exit(f"vtd.teachtext.data.ce_features: error: {e}")
   sizes = ", ".join(f"{s} {ds.split(s).num_videos}" for s in SPLITS)
   print(f"wrote {args.out}: {sizes} videos; experts {ds.train.expert_names}; text "
         f"{ds.text_embeddings}")

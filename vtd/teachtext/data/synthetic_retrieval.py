@@ -61,8 +61,8 @@ import json
 import numpy as np
 
 from vtd.data import cache
-from vtd.data import retrieval
-from vtd.data.retrieval import RetrievalDataset, RetrievalSplit
+from vtd.teachtext.data import retrieval
+from vtd.teachtext.data.retrieval import RetrievalDataset, RetrievalSplit
 
 TYPES = ("object", "action", "scene", "sound")
 # expert -> (dim, {type: weight}, probability missing)
