@@ -168,7 +168,7 @@ def test_npz_round_trip_and_cli(msrvtt, tmp_path):
     for k in a.text:
       np.testing.assert_array_equal(a.text[k], b.text[k])
   cli_out = str(tmp_path / "cli.npz")
-  ce_features.main(["--data-dir", str(tmp_path), "--dataset", "msrvtt_full", "--out", cli_out,
+  ce_features.main(["--data_dir", str(tmp_path), "--dataset", "msrvtt_full", "--out", cli_out,
                     "--experts", "audio,imagenet.senet154.0", "--text", "w2v",
                     "--dtype", "float32"])
   cli = load_npz(cli_out)

@@ -1,6 +1,6 @@
 r"""Reads the released features of the official TeachText / CE code into a `RetrievalDataset`.
 
-  python -m vtd.teachtext.data.ce_features --data-dir data --dataset msrvtt_full --out msrvtt.npz
+  python -m vtd.teachtext.data.ce_features --data_dir=data --dataset=msrvtt_full --out=msrvtt.npz
   python -m vtd.main --config=configs/teachtext.py --config.data.source=npz \
       --config.data.path=msrvtt.npz ...
 
@@ -69,10 +69,8 @@ vtd's npz cache; no tfds builder, no grain source.** Facts behind it:
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -83,6 +81,7 @@ from vtd.teachtext.data import ce_specs
 from vtd.teachtext.data.ce_files import (ExpertStore, TeacherEmbeddings, as_mapping,  # noqa: F401
                                load_feature_file, load_teacher_embeddings, read_split_list)
 from vtd.teachtext.data.retrieval import RetrievalDataset, RetrievalSplit, save_npz
+from vtd import cli
 from vtd.errors import UserError
 
 SPLITS = ce_specs.SPLITS
@@ -399,22 +398,28 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m vtd.teachtext.data.ce_features",
-      description="Convert the official CE / TeachText features to vtd's retrieval .npz.")
-  parser.add_argument("--dataset", choices=sorted(ce_specs.SPECS), required=True)
+  parser = cli.parser(
+      "python -m vtd.teachtext.data.ce_features",
+      "Convert the official CE / TeachText features to vtd's retrieval .npz.",
+      "python -m vtd.teachtext.data.ce_features --dataset=msrvtt_full --data_dir=data "
+      "--out=msrvtt.npz")
+  cli.add(parser, "--dataset", choices=sorted(ce_specs.SPECS), required=True)
   where = parser.add_mutually_exclusive_group(required=True)
-  where.add_argument("--root", help="Feature root (…/structured-symlinks).")
-  where.add_argument("--data-dir", help="The official data/ folder (root from the spec).")
-  parser.add_argument("--split-dir", help="Folder of the split lists (default: from the spec).")
-  parser.add_argument("--out", required=True, help="The .npz to write.")
-  parser.add_argument("--experts", help="Comma-separated experts (default: the spec's).")
-  parser.add_argument("--text", help="Comma-separated text embeddings (default: the spec's).")
-  parser.add_argument("--max-text-tokens", type=int)
-  parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-  parser.add_argument("--expert-path", action="append", default=[], metavar="NAME=PATH")
-  parser.add_argument("--expert-max-tokens", action="append", default=[], metavar="NAME=T")
-  parser.add_argument("--text-path", action="append", default=[], metavar="NAME=PATH")
+  cli.add(where, "--root", help="Feature root (…/structured-symlinks).")
+  cli.add(where, "--data_dir", help="The official data/ folder (root from the spec).")
+  cli.add(parser, "--split_dir", help="Folder of the split lists (default: from the spec).")
+  cli.add(parser, "--out", required=True, help="The .npz to write.")
+  cli.add(parser, "--experts", help="Comma-separated experts (default: the spec's).")
+  cli.add(parser, "--text", help="Comma-separated text embeddings (default: the spec's).")
+  cli.add(parser, "--max_text_tokens", type=int, help="Words kept per caption.")
+  cli.add(parser, "--dtype", choices=("float16", "float32"), default="float16",
+          help="Feature dtype in the .npz.")
+  cli.add(parser, "--expert_path", action="append", default=[], metavar="NAME=PATH",
+          help="The file of one expert, where it is not at the spec's path.")
+  cli.add(parser, "--expert_max_tokens", action="append", default=[], metavar="NAME=T",
+          help="Tokens kept for a sequence expert.")
+  cli.add(parser, "--text_path", action="append", default=[], metavar="NAME=PATH",
+          help="The file of one text embedding, where it is not at the spec's path.")
   args = parser.parse_args(argv)
   split = lambda s: None if s is None else [x.strip() for x in s.split(",") if x.strip()]
   try:
@@ -425,14 +430,14 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_ce_dataset(
         root, args.dataset, experts=split(args.experts), text_embeddings=split(args.text),
         max_text_tokens=args.max_text_tokens,
-        expert_paths=_pairs(args.expert_path, "--expert-path"),
+        expert_paths=_pairs(args.expert_path, "--expert_path"),
         expert_max_tokens={k: int(v) for k, v in
-                           _pairs(args.expert_max_tokens, "--expert-max-tokens").items()},
-        text_paths=_pairs(args.text_path, "--text-path"), split_dir=split_dir,
+                           _pairs(args.expert_max_tokens, "--expert_max_tokens").items()},
+        text_paths=_pairs(args.text_path, "--text_path"), split_dir=split_dir,
         dtype=np.dtype(args.dtype))
     save_npz(ds, args.out)
   except (UserError, ValueError) as e:
-    sys.exit(f"vtd.teachtext.data.ce_features: error: {e}")
+    parser.error(str(e))
   sizes = ", ".join(f"{s} {ds.split(s).num_videos}" for s in SPLITS)
   print(f"wrote {args.out}: {sizes} videos; experts {ds.train.expert_names}; text "
         f"{ds.text_embeddings}")
