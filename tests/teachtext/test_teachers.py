@@ -4,7 +4,7 @@ import numpy as np
 from vtd import artifacts
 from vtd.teachtext import input_pipeline
 from vtd.teachtext import teachers as teachers_lib
-from vtd.teachtext import train as tt_train
+from vtd.teachtext import trainer as tt_train
 
 
 def test_cached_equals_live(tiny_data, smoke_config, tmp_path):

@@ -197,7 +197,7 @@ def load_for_evaluation(variables: Any, config, metadata: dict[str, Any],
                         data_path: str | None = None) -> tuple[Scorer, Any]:
   """(Scorer, dataset) of an exported TeachText model, for `python -m vtd.evaluate`."""
   from vtd.teachtext import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
-  from vtd.teachtext import train as trainer  # pylint: disable=g-import-not-at-top
+  from vtd.teachtext import trainer  # pylint: disable=g-import-not-at-top
   data_cfg = config.data
   if data_path:
     data_cfg.path = data_path if data_cfg.source == "npz" else data_cfg.path

@@ -37,7 +37,8 @@ from vtd.evaluators import common as evaluators_lib
 from vtd.evaluators import retrieval as retrieval_eval
 from vtd.teachtext import denoise as denoise_lib
 from vtd.teachtext import evaluate as tt_evaluate
-from vtd.teachtext import train as trainer
+from vtd.teachtext import losses
+from vtd.teachtext import trainer
 
 # Config groups every trained model's result depends on (evals.val selects its checkpoint).
 MODEL_KEYS = ("seed", "data", "model", "loss", "train", "optim", "eval", "evals.val")
@@ -60,7 +61,7 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
                     "name")
   sharding.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
   trainer.num_steps(config.train, 1)
-  trainer.check_distill_config(config.distill)
+  losses.check_distill_config(config.distill)
   if not config_lib.parse_list(config.teachers.text_embeddings) and \
       not config_lib.parse_list(config.teachers.artifact_dirs):
     if config.distill.weight > 0 or _denoise_enabled(config):

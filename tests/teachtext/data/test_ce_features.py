@@ -350,7 +350,7 @@ def test_spec_table_is_consistent():
 
 def test_teachtext_config_reads_ce_source(msrvtt):
   from configs import teachtext as teachtext_config
-  from vtd.teachtext import train as tt_train
+  from vtd.teachtext import trainer as tt_train
   assert {d for d, *_ in teachtext_config.CE_PRESETS.values()} <= set(ce_specs.SPECS)
   config = teachtext_config.get_config("msrvtt")
   assert config.data.source == "ce" and config.data.dataset == "msrvtt_full"
