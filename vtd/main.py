@@ -182,8 +182,21 @@ def _flag_error_message(e: Exception, argv: list[str]) -> str:
   return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
+def _config_import_root(argv: list[str]) -> None:
+  """Puts the folder above the config's package on sys.path, so that a config importing its
+  siblings (`from configs import common`) loads from any working directory."""
+  for arg in argv:
+    if arg.startswith("--config="):
+      folder = os.path.dirname(os.path.abspath(arg[len("--config="):].split(":", 1)[0]))
+      root = os.path.dirname(folder) if os.path.isfile(os.path.join(folder, "__init__.py")) \
+          else folder
+      if root not in sys.path:
+        sys.path.insert(0, root)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with every error as one `vtd: error:` line and exit status 2."""
+  _config_import_root(argv)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except  # Flags and config files: user input.
