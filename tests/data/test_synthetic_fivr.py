@@ -22,6 +22,7 @@ def ds():
 def _assert_same(a: sf.SyntheticFivr, b: sf.SyntheticFivr):
   assert a.video_ids == b.video_ids and a.query_ids == b.query_ids
   assert a.annotation == b.annotation and a.split == b.split and a.kinds == b.kinds
+  assert a.val_query_ids == b.val_query_ids and a.val_annotation == b.val_annotation
   np.testing.assert_array_equal(a.offsets, b.offsets)
   np.testing.assert_array_equal(a.events, b.events)
   assert a.frames.dtype == b.frames.dtype and a.frames.tobytes() == b.frames.tobytes()
@@ -81,15 +82,17 @@ def test_deterministic_and_seed_dependent(ds):
 
 
 def test_events_do_not_depend_on_collection_size():
-  small = dataclasses.replace(SPEC, num_events=2, num_distractors=0)
-  a, b = sf.generate(small), sf.generate(dataclasses.replace(small, num_events=3))
-  assert a.query_ids == b.query_ids[:2]
+  small = dataclasses.replace(SPEC, num_events=2, num_val_events=1, num_distractors=0)
+  a = sf.generate(small)
+  b = sf.generate(dataclasses.replace(small, num_events=3, num_val_events=2))
+  assert a.query_ids == b.query_ids[:2] and a.val_query_ids == b.val_query_ids[:1]
   for vid in a.video_ids:
     np.testing.assert_array_equal(a.video_frames(vid), b.video_frames(vid))
 
 
 def test_shapes_dtypes_and_ids(ds):
-  n_event = SPEC.num_events * (1 + SPEC.num_nd + SPEC.num_ds + SPEC.num_cs + SPEC.num_is)
+  n_event = (SPEC.num_events + SPEC.num_val_events) * (
+      1 + SPEC.num_nd + SPEC.num_ds + SPEC.num_cs + SPEC.num_is)
   assert len(ds) == n_event + SPEC.num_distractors
   assert ds.frames.dtype == np.uint8 and ds.frames.shape[1:] == (SPEC.height, SPEC.width, 3)
   assert ds.offsets.dtype == np.int64 and ds.offsets.shape == (len(ds) + 1,)
@@ -103,7 +106,8 @@ def test_shapes_dtypes_and_ids(ds):
   assert all(re.fullmatch(r"[A-Za-z0-9_-]{11}", v) for v in ds.video_ids)
   assert ds.video_ids == sorted(set(ds.video_ids))
   assert ds.events.shape == (len(ds),) and len(ds.kinds) == len(ds)
-  assert set(ds.kinds) <= set(sf.KINDS) and ds.kinds.count("query") == SPEC.num_events
+  assert set(ds.kinds) <= set(sf.KINDS)
+  assert ds.kinds.count("query") == SPEC.num_events + SPEC.num_val_events
   # Every video shows something (no blank or constant clips).
   for i in range(len(ds)):
     assert ds.video_frames(i).astype(np.float32).std() > 5, ds.video_ids[i]
@@ -111,32 +115,71 @@ def test_shapes_dtypes_and_ids(ds):
 
 def test_annotation_format_and_relations(ds):
   ids = set(ds.video_ids)
-  assert list(ds.annotation) == ds.query_ids and len(set(ds.query_ids)) == SPEC.num_events
-  assert set(ds.query_ids) <= ids
-  for q, labels in ds.annotation.items():
-    assert isinstance(q, str) and set(labels) <= set(sf.LABELS)
-    event = ds.events[ds.index(q)]
-    for name, vids in labels.items():
-      assert vids and all(isinstance(v, str) for v in vids) and len(set(vids)) == len(vids)
-      assert set(vids) <= ids and q not in vids
-      assert all(ds.events[ds.index(v)] == event for v in vids)  # Never a distractor.
-      assert not set(vids) & set(ds.query_ids)
-    assert len(labels["ND"]) == SPEC.num_nd and len(labels["DS"]) == SPEC.num_ds
-    assert len(labels["IS"]) == SPEC.num_is
-    ds_as_cs = [v for v in labels["CS"] if ds.kinds[ds.index(v)] == "DS"]
-    assert len(labels["CS"]) == SPEC.num_cs + len(ds_as_cs)
-    tasks = {t: ds.positives(q, t) for t in sf.TASKS}
-    assert tasks["DSVR"] < tasks["CSVR"] < tasks["ISVR"]
-    for v in tasks["ISVR"]:  # The label matches how the video was made.
-      kind = ds.kinds[ds.index(v)]
-      assert kind in labels and v in labels[kind]
+  all_queries = set(ds.query_ids) | set(ds.val_query_ids)
+  assert len(all_queries) == SPEC.num_events + SPEC.num_val_events  # Disjoint query sets.
+  assert list(ds.annotation) == ds.query_ids and list(ds.val_annotation) == ds.val_query_ids
+  test_events = {int(ds.events[ds.index(q)]) for q in ds.query_ids}
+  val_events = {int(ds.events[ds.index(q)]) for q in ds.val_query_ids}
+  assert test_events == set(range(SPEC.num_events)) and not test_events & val_events
+  for annotation in (ds.annotation, ds.val_annotation):
+    for q, labels in annotation.items():
+      assert isinstance(q, str) and set(labels) <= set(sf.LABELS) and q in ids
+      event = ds.events[ds.index(q)]
+      for name, vids in labels.items():
+        assert vids and all(isinstance(v, str) for v in vids) and len(set(vids)) == len(vids)
+        assert set(vids) <= ids and q not in vids
+        assert all(ds.events[ds.index(v)] == event for v in vids)  # Never a distractor.
+        assert not set(vids) & all_queries
+      assert len(labels["ND"]) == SPEC.num_nd and len(labels["DS"]) == SPEC.num_ds
+      assert len(labels["IS"]) == SPEC.num_is
+      ds_as_cs = [v for v in labels.get("CS", []) if ds.kinds[ds.index(v)] == "DS"]
+      assert len(labels["CS"]) == SPEC.num_cs + len(ds_as_cs)
+      tasks = {t: ds.positives(q, t) for t in sf.TASKS}
+      assert tasks["DSVR"] < tasks["CSVR"] < tasks["ISVR"]
+      for v in tasks["ISVR"]:  # The label matches how the video was made.
+        kind = ds.kinds[ds.index(v)]
+        assert kind in labels and v in labels[kind]
   # The training splits.
   assert ds.split["train"] == ds.split["database"] == ds.video_ids
-  assert ds.split["queries"] == ds.query_ids
-  positives = set().union(*(ds.positives(q, "ISVR") for q in ds.query_ids))
+  assert ds.split["queries"] == ds.query_ids and ds.split["val_queries"] == ds.val_query_ids
+  positives = set().union(*(ds.positives(q, "ISVR") for q in all_queries))
   disjoint = set(ds.split["train_disjoint"])
   assert len(disjoint) == SPEC.num_distractors
-  assert not disjoint & (positives | set(ds.query_ids))
+  assert not disjoint & (positives | all_queries)
+
+
+def test_keyframe_counts_follow_the_paper_mean_with_a_long_tail():
+  """Default spec: mean ~32 keyframes (Table 3: 2,075 B / 64 B per code), a long right tail."""
+  spec = sf.SyntheticFivrSpec()
+  rng = np.random.default_rng(0)
+  n = np.array([sf._length(rng, spec) for _ in range(20000)])
+  assert 30 <= n.mean() <= 34, n.mean()
+  assert n.min() == spec.min_frames and n.max() == spec.max_frames
+  assert np.percentile(n, 95) > 2.2 * np.median(n)  # Right-skewed, unlike a uniform range.
+  assert np.median(n) < n.mean()
+
+
+def test_duplicate_scenes_are_a_minority_of_longer_videos():
+  """Plans of the default spec (nothing rendered): a DS video's footage from the query camera
+  is 15-45 % of it and never more than the query; the rest is other footage."""
+  spec = dataclasses.replace(sf.SyntheticFivrSpec(), height=16, width=16)
+  channels = [sf.make_channel(spec, c) for c in range(2)]
+  stock = sf._stock_cameras(dataclasses.replace(spec, num_stock_worlds=2))
+  fractions, longer = [], []
+  for e in range(6):
+    plans = sf._plan_event(spec, sf.STREAMS["event"], e, channels, stock)
+    query_cam, query_steps = plans[0].segments[0]
+    assert len(plans[0].segments) == 1  # The query is one shot of incident footage.
+    for plan in plans:
+      total = sum(len(steps) for _, steps in plan.segments)
+      assert spec.min_frames <= total <= spec.max_frames
+      if plan.kind == "DS":
+        own = sum(len(steps) for cam, steps in plan.segments if cam is query_cam)
+        fractions.append(own / total)
+        assert own <= len(query_steps)
+        longer.append(total > own)
+  assert all(0.1 <= f <= 0.5 for f in fractions), fractions
+  assert np.mean(fractions) < 0.4 and all(longer)
 
 
 def test_write_annotation_json(ds, tmp_path):
@@ -179,6 +222,8 @@ def test_invalid_spec():
     sf.generate(dataclasses.replace(SPEC, scenes_per_event=1))
   with pytest.raises(UserError, match="max_frames"):
     sf.generate(dataclasses.replace(SPEC, min_frames=9, max_frames=8))
+  with pytest.raises(UserError, match="mean_frames"):
+    sf.generate(dataclasses.replace(SPEC, mean_frames=100))
 
 
 @pytest.fixture(scope="module")

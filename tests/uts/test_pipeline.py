@@ -130,3 +130,23 @@ def test_directory_source_reads_videos_and_skips_corrupt(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match="annotation"):
     input_pipeline.load_collection(config)
+
+
+def test_bad_weight_files_fail_before_any_stage(tmp_path):
+  """A wrong student.weights is reported before the (expensive) teacher stage runs."""
+  from tests.uts import test_weights
+  config = tiny_config(tmp_path)
+  workdir = tmp_path / "run"
+  config.student.weights = str(tmp_path / "vgg16.pth")
+  test_weights.write_torch_save_zip(config.student.weights, {"features.0.weight": np.zeros(
+      (8, 3, 3, 3), np.float32)}, archive="vgg16")
+  with pytest.raises(UserError, match=r"vgg16\.pth: a torch\.save file \(zip format\)"):
+    vtd_main.run(config, str(workdir))
+  config.student.weights = ""
+  config.teacher.weights = str(tmp_path / "r.npz")  # Right format, wrong width.
+  np.savez(config.teacher.weights, **{k: np.zeros(v, np.float32) for k, v in
+                                      test_weights.resnet50_shapes(16, classes=10).items()})
+  with pytest.raises(UserError, match=r"r\.npz: key 'conv1\.weight' has shape \(16, 3, 7, 7\)"):
+    vtd_main.run(config, str(workdir))
+  assert not any(p.name in ("teacher", "pretrain", "student") for p in workdir.glob("*"))
+  assert not (tmp_path / "cache").exists()  # Not even the data were generated.

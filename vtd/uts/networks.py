@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vtd.errors import UserError
 from vtd.uts import models
 from vtd.uts import weights
 
@@ -40,8 +41,41 @@ def teacher_input(frames: jax.Array, size: int) -> jax.Array:
   return x
 
 
-def init_teacher(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Teacher variables (PCA FC still unfitted): converted weights, or a seeded random init."""
+def _template(module, size: int, **kwargs) -> dict[str, Any]:
+  """Variable shapes of `module` (nothing is computed)."""
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  return dict(jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **kwargs), x))
+
+
+def check_weight_files(config: ml_collections.ConfigDict) -> list[str]:
+  """Validates every configured weight file before any stage runs; returns the files checked.
+
+  Each file is read and matched against the configured model (keys, shapes, float dtype,
+  finite values: `weights._load`), so a wrong or corrupt file is reported in seconds instead
+  of after the teacher stage. A UserError names the file, the key and the fix.
+  """
+  checked = []
+  if config.teacher.weights:
+    weights.load_resnet50_npz(config.teacher.weights,
+                              _template(build_teacher(config), config.teacher.image_size),
+                              scope=("backbone",))
+    checked.append(config.teacher.weights)
+  if config.student.weights:
+    weights.load_vgg16_npz(config.student.weights,
+                           _template(build_student(config), config.data.image_size, train=False),
+                           scope=("backbone",))
+    checked.append(config.student.weights)
+  return checked
+
+
+def init_teacher(config: ml_collections.ConfigDict,
+                 pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Teacher variables (PCA FC still unfitted).
+
+  The backbone comes from `config.teacher.weights` (converted ImageNet weights) if set, else
+  from `pretrained` ({'params', 'batch_stats'} of a `models.ResNet50`, the source-domain
+  pretraining), else from a random init seeded by `config.teacher.init_seed`.
+  """
   teacher = build_teacher(config)
   size = config.teacher.image_size
   variables = teacher.init(jax.random.key(config.teacher.init_seed),
@@ -50,6 +84,15 @@ def init_teacher(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if config.teacher.weights:
     variables = weights.load_resnet50_npz(config.teacher.weights, variables,
                                           scope=("backbone",))
+  elif pretrained is not None:
+    for col in ("params", "batch_stats"):
+      want = jax.tree.map(jnp.shape, variables[col]["backbone"])
+      got = jax.tree.map(jnp.shape, pretrained[col])
+      if want != got:
+        raise UserError("the pretrained ResNet-50 does not match teacher.width: delete the "
+                        "pretraining cache entry or fix the config")
+      variables[col] = {**variables[col],
+                        "backbone": jax.tree.map(jnp.asarray, pretrained[col])}
   return variables
 
 

@@ -1,8 +1,15 @@
 """UTS (Liang et al., ICCVW 2019): teacher -> student -> frame features -> codes -> FIVR mAP.
 
+Before any stage, every configured weight file is validated (vtd/uts/networks.py).
 Stages (directories under the workdir; finished ones are reused, interrupted ones resume):
-  teacher             ResNet-50 (converted weights or seeded random init) + PCA-whitening FC
-                      fitted on training-frame features (eqs. 1-3); the student's targets
+  pretrain            (embedded default) ResNet-50 pretrained by classification of generated
+                      source-domain images (vtd/uts/pretrain.py); cached under data.cache_dir,
+                      shared by all workdirs and seeds
+  teacher             ResNet-50 (converted weights, the pretrained one, or a seeded random
+                      init) + PCA-whitening FC fitted on training-frame features (eqs. 1-3);
+                      the student's targets
+  teacher_random      (teacher.compare_random_init) the same from a random init: the
+                      "before pretraining" rows
   student             VGG16 + UTS head trained with eq. 8 (global consistency with the teacher,
                       intra-batch inconsistency, augmented and clean views)
   features/<model>    per-frame GAP and R-MAC features of every database video, in resumable
@@ -35,10 +42,9 @@ from vtd.uts import extract as extract_lib
 from vtd.uts import input_pipeline
 from vtd.uts import models
 from vtd.uts import networks
+from vtd.uts import pretrain as pretrain_lib
 from vtd.uts import retrieval as retrieval_lib
 from vtd.uts import weights
-
-MODELS = ("teacher", "student")
 
 
 def _embed_in_chunks(embed, frames: np.ndarray, batch: int) -> dict[str, np.ndarray]:
@@ -47,12 +53,13 @@ def _embed_in_chunks(embed, frames: np.ndarray, batch: int) -> dict[str, np.ndar
   return extract_lib.embed_frames(embed, frames, batch, mesh)
 
 
-def run_teacher(config: ml_collections.ConfigDict, collection, stage_dir: str
+def run_teacher(config: ml_collections.ConfigDict, collection, stage_dir: str,
+                pretrained: dict[str, Any] | None, save_train_set: bool = True
                 ) -> dict[str, Any]:
   """Fits the PCA FC; saves the teacher artifact and the student's training set + targets."""
   frames, skipped = input_pipeline.sample_training_frames(collection, config.train.max_frames,
                                                           seed=0)
-  variables = networks.init_teacher(config)
+  variables = networks.init_teacher(config, pretrained)
   batch = config.extract.batch_frames
   raw = _embed_in_chunks(networks.teacher_embed_fn(config, variables, whiten=False), frames,
                          batch)["gap"]
@@ -62,18 +69,24 @@ def run_teacher(config: ml_collections.ConfigDict, collection, stage_dir: str
   w, b = models.fit_pca_whitening(raw[fit_rows], config.teacher.pca_dim,
                                   config.teacher.pca_eps)
   variables = models.with_pca_whitening(variables, w, b)
-  targets = _embed_in_chunks(networks.teacher_embed_fn(config, variables), frames, batch)["gap"]
+  # f* = f W + b (eq. 3) on the features already computed: one backbone pass, not two.
+  targets = (raw.astype(np.float64) @ w + b).astype(np.float32)
+  if config.teacher.weights:
+    source = config.teacher.weights
+  elif pretrained is not None:
+    source = "pretrained on the generated source-domain images (vtd/uts/pretrain.py)"
+  else:
+    source = f"random init (seed {config.teacher.init_seed})"
   if jax.process_index() == 0:
     artifacts.save_artifact(os.path.join(stage_dir, "model"), variables, config,
-                            {"method": "uts", "model_name": "teacher",
-                             "weights": config.teacher.weights or "random init (seed "
-                             f"{config.teacher.init_seed})"})
-    artifacts.save_npz_atomic(os.path.join(stage_dir, "train_set.npz"), frames=frames,
-                                targets=targets.astype(np.float32))
+                            {"method": "uts", "model_name": "teacher", "weights": source})
+    if save_train_set:
+      artifacts.save_npz_atomic(os.path.join(stage_dir, "train_set.npz"), frames=frames,
+                                targets=targets)
   sharding.sync("uts-teacher-saved")
   return {"train_frames": int(len(frames)), "pca_fit_frames": int(len(fit_rows)),
           "feature_dim": int(raw.shape[1]), "pca_dim": int(w.shape[1]),
-          "skipped_videos": len(skipped),
+          "skipped_videos": len(skipped), "weights": source,
           "target_mean_abs": float(np.abs(targets.mean(0)).mean()),
           "target_std": float(targets.std(0).mean())}
 
@@ -113,17 +126,33 @@ def student_program(config: ml_collections.ConfigDict, frames: np.ndarray, targe
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  if config.teacher.init not in ("pretrain", "random"):
+    raise UserError(f"config.teacher.init must be pretrain|random, got {config.teacher.init!r}")
+  checked = networks.check_weight_files(config)  # Before any work: a bad file fails now.
   mesh = sharding.make_mesh()
   collection = input_pipeline.load_collection(config)
   logging.info("UTS data: %s", collection.description)
-  # results.json: "<model>/<method>" -> {"test": {DSVR, CSVR, ISVR}, ...}; stage bookkeeping
-  # under "stages".
-  results: dict[str, Any] = {"data": collection.description, "stages": {}}
+  # results.json: "<model>/<method>" -> {"test": {DSVR, CSVR, ISVR}, "val": {...}, ...};
+  # stage bookkeeping under "stages".
+  results: dict[str, Any] = {"data": collection.description, "stages": {},
+                             "weight_files_checked": checked}
+
+  pretrained = None
+  if not config.teacher.weights and config.teacher.init == "pretrain":
+    results["stages"]["pretrain"], pretrain_dir = pretrain_lib.run(config, workdir, mesh)
+    pretrained = pretrain_lib.load_backbone(pretrain_dir)
 
   teacher_dir = os.path.join(workdir, "teacher")
-  results["stages"]["teacher"] = stages.run_stage(teacher_dir,
-                                        lambda d: run_teacher(config, collection, d))
+  results["stages"]["teacher"] = stages.run_stage(
+      teacher_dir, lambda d: run_teacher(config, collection, d, pretrained))
   teacher_vars, _, _ = artifacts.load_artifact(os.path.join(teacher_dir, "model"))
+  embeds = {"teacher": networks.teacher_embed_fn(config, teacher_vars)}
+  if config.teacher.compare_random_init and pretrained is not None:
+    random_dir = os.path.join(workdir, "teacher_random")
+    results["stages"]["teacher_random"] = stages.run_stage(
+        random_dir, lambda d: run_teacher(config, collection, d, None, save_train_set=False))
+    random_vars, _, _ = artifacts.load_artifact(os.path.join(random_dir, "model"))
+    embeds["teacher_random"] = networks.teacher_embed_fn(config, random_vars)
 
   def run_student(d):
     with np.load(os.path.join(teacher_dir, "train_set.npz")) as z:
@@ -140,10 +169,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results["stages"]["student"] = stages.run_stage(student_dir, run_student)
   student_vars, _, _ = artifacts.load_artifact(os.path.join(student_dir, "model"))
 
-  embeds = {"teacher": networks.teacher_embed_fn(config, teacher_vars),
-            "student": networks.student_embed_fn(config, student_vars)}
+  embeds["student"] = networks.student_embed_fn(config, student_vars)
   features = {}
-  for name in MODELS:
+  for name in embeds:
     feat_dir = os.path.join(workdir, "features", name)
 
     def run_extract(d, name=name):
