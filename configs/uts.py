@@ -124,8 +124,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pretrain.train.num_steps = 500
 
   config.student = ml_collections.ConfigDict()
-  # Local .npz of torchvision vgg16 state_dict arrays for blocks 1-4 ('' = random init).
+  # Local .npz of torchvision vgg16 state_dict arrays for blocks 1-4 (overrides student.init).
   config.student.weights = ""
+  # Without weights: 'pretrain' = VGG16 blocks 1-4 pretrained on the source images (as the
+  # paper's ImageNet VGG16; the UTS head is always new) | 'random'.
+  config.student.init = "random"
   # VGG16 block-1 width (paper: 64; CPU: 16), the head's widths (paper: 512, 512 = D*).
   config.student.width = 16
   config.student.head_width = 128
@@ -192,6 +195,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.retrieval.index = "flat"
   # N of Algorithm 1: Hamming neighbours per query frame.
   config.retrieval.top_n = 1000
+  # R-MAC frame descriptors for R-MAC + GV and FRP: none (reference §A.3 default) | pca
+  # (PCA-whitening fitted on the database's frames, then L2, as classic R-MAC; chosen on
+  # validation, docs/uts.md).
+  config.retrieval.rmac_whitening = "pca"
+  # Frames the whitening is fitted on (a random sample; 0 = all).
+  config.retrieval.rmac_whitening_frames = 20000
+  # Leading whitened components kept (0 = all).
+  config.retrieval.rmac_whitening_dim = 128
   # Drop the query video's own frames from its neighbour lists (reference A.7: kept).
   config.retrieval.exclude_self = False
   # Query frames per k-NN call (whole query videos; bounds memory: frames x top_n hits).

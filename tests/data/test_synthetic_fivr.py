@@ -32,13 +32,45 @@ def _assert_same(a: sf.SyntheticFivr, b: sf.SyntheticFivr):
 
 def _thumbnail_gv(ds: sf.SyntheticFivr, size: int = 4) -> np.ndarray:
   """[V, 3 size^2] video vectors: mean of L2-normalised, zero-centred tiny thumbnails."""
-  f = np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA)
-                for x in ds.frames]).reshape(len(ds.frames), -1).astype(np.float32)
-  f -= f.mean(1, keepdims=True)
-  f /= np.linalg.norm(f, axis=1, keepdims=True) + 1e-8
+  f = _thumbnails(ds, size)
   v = np.zeros((len(ds), f.shape[1]), np.float32)
   np.add.at(v, ds.frame_video, f)
   return v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-8)
+
+
+def _thumbnails(ds: sf.SyntheticFivr, size: int = 4) -> np.ndarray:
+  """[F, 3 size^2] L2-normalised, zero-centred tiny thumbnails of every frame."""
+  f = np.stack([cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA)
+                for x in ds.frames]).reshape(len(ds.frames), -1).astype(np.float32)
+  f -= f.mean(1, keepdims=True)
+  return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
+
+
+def _ranked_map(ds: sf.SyntheticFivr, sims: np.ndarray) -> dict[str, float]:
+  """FIVR mAP of dense [Q, V] similarities of the test queries (the query itself skipped)."""
+  out = {}
+  for task in sf.TASKS:
+    aps = []
+    for row, q in enumerate(ds.query_ids):
+      qi = ds.index(q)
+      order = np.argsort(-sims[row], kind="stable")
+      aps.append(_average_precision([ds.video_ids[i] for i in order if i != qi],
+                                    ds.positives(q, task)))
+    out[task] = float(np.mean(aps))
+  return out
+
+
+def _frame_level_map(ds: sf.SyntheticFivr) -> dict[str, float]:
+  """Algorithm 1 without top-N on thumbnails: mean over query frames of the best frame
+  similarity per video."""
+  f = _thumbnails(ds)
+  sims = np.zeros((len(ds.query_ids), len(ds)))
+  for row, q in enumerate(ds.query_ids):
+    s = f[ds.offsets[ds.index(q)]:ds.offsets[ds.index(q) + 1]] @ f.T  # [T_q, F]
+    best = np.full((len(s), len(ds)), -np.inf)
+    np.maximum.at(best.T, ds.frame_video, s.T)
+    sims[row] = best.mean(0)
+  return _ranked_map(ds, sims)
 
 
 def _average_precision(ranked: list[str], positives: set[str]) -> float:
@@ -53,17 +85,7 @@ def _average_precision(ranked: list[str], positives: set[str]) -> float:
 
 def _baseline_map(ds: sf.SyntheticFivr) -> dict[str, float]:
   vectors = _thumbnail_gv(ds)
-  sims = vectors @ vectors.T
-  out = {}
-  for task in sf.TASKS:
-    aps = []
-    for q in ds.query_ids:
-      qi = ds.index(q)
-      order = np.argsort(-sims[qi], kind="stable")
-      ranked = [ds.video_ids[i] for i in order if i != qi]  # The query itself is skipped.
-      aps.append(_average_precision(ranked, ds.positives(q, task)))
-    out[task] = float(np.mean(aps))
-  return out
+  return _ranked_map(ds, vectors[[ds.index(q) for q in ds.query_ids]] @ vectors.T)
 
 
 def test_average_precision_reference_values():
@@ -233,16 +255,21 @@ def graded():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_graded_difficulty_with_thumbnail_baseline(graded, seed):
-  """mAP DSVR > CSVR > ISVR, clearly neither 0 nor 1, for every seed.
+  """mAP DSVR > CSVR > ISVR, clearly neither 0 nor 1, for every seed; and the frame-level
+  variant beats the mean vector by a wide margin (DS videos are mostly other footage).
 
-  Measured on GRADED_SPEC, seeds 0-9: DSVR 0.61-0.81, CSVR 0.50-0.68, ISVR 0.45-0.61,
-  DSVR - CSVR >= 0.06 and CSVR - ISVR >= 0.049.
+  Measured on GRADED_SPEC, seeds 0-5: GV DSVR 0.43-0.58, CSVR 0.39-0.51, ISVR 0.36-0.43
+  (DSVR - CSVR >= 0.037, CSVR - ISVR >= 0.024); frame level DSVR 0.72-0.76, CSVR 0.60-0.67,
+  ISVR 0.50-0.57, at least +0.15 DSVR over GV.
   """
-  maps = _baseline_map(graded[seed])
-  assert 0.45 <= maps["DSVR"] <= 0.9, maps
-  assert maps["DSVR"] >= maps["CSVR"] + 0.03, maps
-  assert maps["CSVR"] >= maps["ISVR"] + 0.02, maps
-  assert 0.3 <= maps["ISVR"], maps
+  ds = graded[seed]
+  gv, frame_level = _baseline_map(ds), _frame_level_map(ds)
+  assert 0.35 <= gv["DSVR"] <= 0.75, gv
+  assert gv["DSVR"] >= gv["CSVR"] + 0.02 and gv["CSVR"] >= gv["ISVR"] + 0.01, gv
+  assert 0.25 <= gv["ISVR"], gv
+  assert frame_level["DSVR"] >= gv["DSVR"] + 0.1, (frame_level, gv)
+  assert frame_level["DSVR"] >= frame_level["CSVR"] + 0.04 >= frame_level["ISVR"] + 0.08, \
+      frame_level
 
 
 def test_graded_similarity_by_relation(graded):

@@ -96,11 +96,23 @@ def init_teacher(config: ml_collections.ConfigDict,
   return variables
 
 
-def init_student(config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
+def init_student(config: ml_collections.ConfigDict, rng: jax.Array,
+                 pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Student variables: VGG16 blocks 1-4 from `config.student.weights` (converted ImageNet
+  VGG16) if set, else from `pretrained` (the source-domain pretraining's VGG16), else random;
+  the UTS head always starts from its random init (it replaces block 5)."""
   size = config.data.image_size
   variables = dict(build_student(config).init(rng, jnp.zeros((2, size, size, 3)), train=False))
   if config.student.weights:
     variables = weights.load_vgg16_npz(config.student.weights, variables, scope=("backbone",))
+  elif pretrained is not None:
+    backbone = dict(variables["params"]["backbone"])
+    for name, leaves in pretrained["params"].items():
+      if name.startswith("features_"):
+        if jax.tree.map(jnp.shape, leaves) != jax.tree.map(jnp.shape, backbone[name]):
+          raise UserError(f"the pretrained VGG16's {name} does not match student.width")
+        backbone[name] = jax.tree.map(jnp.asarray, leaves)
+    variables["params"] = {**variables["params"], "backbone": backbone}
   return variables
 
 
@@ -116,7 +128,7 @@ def teacher_embed_fn(config: ml_collections.ConfigDict, variables: dict[str, Any
   without whitening (the paper's "ResNet50 + R-MAC" rows): the PCA FC was fitted on pooled
   features f, not on L2-normalised region vectors, so applying it per region (classic R-MAC)
   would map every region near the constant -mean W. `whiten=False` returns the raw pooled f
-  (for fitting the PCA).
+  as 'gap' (for fitting the PCA).
   """
   teacher = build_teacher(config)
   size = config.teacher.image_size
@@ -129,8 +141,7 @@ def teacher_embed_fn(config: ml_collections.ConfigDict, variables: dict[str, Any
     fmap = teacher.backbone.apply(_sub(variables, "backbone"), x, train=False)
     pooled = models.pool_features(fmap, config.teacher.pool, levels)
     out = {"gap": models.apply_pca_whitening(pooled, *pca) if whiten else pooled}
-    if whiten:
-      out["rmac"] = models.rmac(fmap, levels)
+    out["rmac"] = models.rmac(fmap, levels)
     return out
 
   return embed

@@ -46,35 +46,54 @@ from vtd.uts import weights
 VERSION = 1  # Bump when the pretraining recipe changes: it is part of the cache key.
 
 
+ARCHS = ("resnet50", "vgg16")
+
+
 class Classifier(nn.Module):
-  """ResNet-50 -> GAP -> linear: [B, H, W, 3] -> [B, num_classes] logits."""
-  width: int
+  """backbone -> GAP -> linear: [B, H, W, 3] -> [B, num_classes] logits."""
+  backbone: nn.Module
   num_classes: int
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    fmap = models.ResNet50(width=self.width, name="backbone")(images, train=train)
+    fmap = self.backbone(images, train=train)
     return nn.Dense(self.num_classes, name="fc")(models.gap(fmap))
+
+
+def _backbone(config: ml_collections.ConfigDict, arch: str) -> nn.Module:
+  """The teacher's ResNet-50, or the student's VGG16 (blocks 1-4 + a UTS-shaped head standing
+  in for block 5, which is dropped after pretraining, as the paper replaces ImageNet VGG16's
+  block 5)."""
+  if arch == "resnet50":
+    return models.ResNet50(width=config.teacher.width)
+  if arch == "vgg16":
+    scfg = config.student
+    return models.VGG16Student(width=scfg.width, head_width=scfg.head_width,
+                               out_dim=scfg.head_width, head_kernel=scfg.head_kernel)
+  raise UserError(f"pretraining architecture must be one of {ARCHS}, got {arch!r}")
 
 
 def source_spec(config: ml_collections.ConfigDict) -> source_lib.SourceImagesSpec:
   return source_lib.SourceImagesSpec(**config.pretrain.source.to_dict())
 
 
-def cache_key(config: ml_collections.ConfigDict) -> str:
-  """Hash of everything the pretrained weights depend on."""
-  payload = {"pretrain": config.pretrain.to_dict(), "width": config.teacher.width,
+def cache_key(config: ml_collections.ConfigDict, arch: str) -> str:
+  """Hash of everything the pretrained weights of `arch` depend on."""
+  shape = ({"width": config.teacher.width} if arch == "resnet50" else
+           {k: config.student[k] for k in ("width", "head_width", "head_kernel")})
+  payload = {"pretrain": config.pretrain.to_dict(), "arch": arch, "shape": shape,
              "source": source_spec(config).cache_key(), "version": VERSION}
   text = json.dumps(payload, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def stage_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`<cache_dir>/uts_pretrain/<key>` (shared by workdirs), else `<workdir>/pretrain`."""
+def stage_dir(config: ml_collections.ConfigDict, workdir: str, arch: str) -> str:
+  """`<cache_dir>/uts_pretrain/<arch>-<key>` (shared by workdirs), else
+  `<workdir>/pretrain_<arch>`."""
   if config.data.cache_dir:
     return os.path.join(os.path.expanduser(config.data.cache_dir), "uts_pretrain",
-                        cache_key(config))
-  return os.path.join(workdir, "pretrain")
+                        f"{arch}-{cache_key(config, arch)}")
+  return os.path.join(workdir, f"pretrain_{arch}")
 
 
 def _input(images: jax.Array, size: int) -> jax.Array:
@@ -101,10 +120,10 @@ def _iterator(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
   return iter(ds.to_iter_dataset())
 
 
-def _program(config: ml_collections.ConfigDict, data: source_lib.SourceImages, mesh
+def _program(config: ml_collections.ConfigDict, data: source_lib.SourceImages, mesh, arch: str
              ) -> train_lib.Program:
   pcfg = config.pretrain
-  model = Classifier(width=config.teacher.width, num_classes=data.spec.num_classes)
+  model = Classifier(backbone=_backbone(config, arch), num_classes=data.spec.num_classes)
   size = pcfg.image_size
   aug_cfg = augment.AugmentConfig.from_config(pcfg.augment)
   sharding.check_batch_size(pcfg.train.batch_size, mesh, "pretrain.train.batch_size")
@@ -131,7 +150,7 @@ def _program(config: ml_collections.ConfigDict, data: source_lib.SourceImages, m
     return dict(model.init(rng, jnp.zeros((1, size, size, 3)), train=False))
 
   return train_lib.Program(
-      name="pretrain", init_variables=init, loss_fn=loss_fn,
+      name=f"pretrain_{arch}", init_variables=init, loss_fn=loss_fn,
       optimizer=optim.create_optimizer(pcfg.optim, steps_per_epoch=1),
       train_iter=_iterator(data.train_images, data.train_labels, pcfg.train.batch_size,
                            pcfg.seed),
@@ -156,20 +175,21 @@ def _exclusive(directory: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[dict[str, Any], str]:
-  """Runs (or reuses) the pretraining stage; returns (its result, the stage directory)."""
-  directory = stage_dir(config, workdir)
+def run(config: ml_collections.ConfigDict, workdir: str, mesh, arch: str = "resnet50"
+        ) -> tuple[dict[str, Any], str]:
+  """Runs (or reuses) the pretraining stage of `arch`; returns (its result, the directory)."""
+  directory = stage_dir(config, workdir, arch)
 
   def fn(d):
     t0 = time.time()
     data = source_lib.load_or_generate(source_spec(config), config.data.cache_dir or None)
     generated = time.time() - t0
-    fit = train_lib.fit(_program(config, data, mesh), config.pretrain.train, d, mesh,
+    fit = train_lib.fit(_program(config, data, mesh, arch), config.pretrain.train, d, mesh,
                         config.pretrain.seed)
     backbone = {col: tree["backbone"] for col, tree in fit.variables.items()}
     if jax.process_index() == 0:
       artifacts.save_artifact(os.path.join(d, "model"), backbone, config,
-                              {"method": "uts", "model_name": "pretrained_resnet50",
+                              {"method": "uts", "model_name": f"pretrained_{arch}",
                                "step": fit.step, "val_top1": fit.metrics.get("top1")})
     return {"step": fit.step, "val_top1": fit.metrics.get("top1"),
             "classes": data.spec.num_classes, "train_images": int(len(data.train_images)),
@@ -182,6 +202,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh) -> tuple[dict[str
 
 
 def load_backbone(directory: str) -> dict[str, Any]:
-  """{'params', 'batch_stats'} of the pretrained `models.ResNet50`."""
+  """{'params', 'batch_stats'} of the pretrained backbone (`models.ResNet50` or
+  `models.VGG16Student`)."""
   variables, _, _ = artifacts.load_artifact(os.path.join(directory, "model"))
   return variables

@@ -24,8 +24,10 @@ from vtd.evaluators import fivr as fivr_eval
 from vtd.search import frame_level
 from vtd.search import hamming
 from vtd.search import lsh as lsh_lib
+from vtd.errors import UserError
 from vtd.uts import extract as extract_lib
 from vtd.uts import input_pipeline
+from vtd.uts import models
 
 METHODS = ("GV", "RMAC+GV", "FRP")
 
@@ -65,6 +67,18 @@ def _frp(config: ml_collections.ConfigDict, codes: np.ndarray, frame_video: np.n
       batch_frames=rcfg.batch_frames))
 
 
+def whiten_frames(features: np.ndarray, num_fit: int, seed: int, dim: int = 0) -> np.ndarray:
+  """PCA-whitening of frame descriptors fitted on (a sample of) the database's own frames, then
+  L2: [F, D] -> [F, D'], D' = the `dim` leading components (0 = min(D, rank)). Unsupervised, like the teacher's PCA (eqs. 1-3);
+  the classic R-MAC pipeline whitens its descriptors the same way (reference §A.3)."""
+  rng = np.random.default_rng(seed)
+  rows = rng.permutation(len(features))[:num_fit or len(features)]
+  dim = min(dim or features.shape[1], features.shape[1], len(rows) - 1)
+  w, b = models.fit_pca_whitening(features[rows], dim, eps=1e-6)
+  out = (features.astype(np.float64) @ w + b).astype(np.float32)
+  return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def evaluate_models(config: ml_collections.ConfigDict,
                     collection: input_pipeline.VideoCollection,
                     features: dict[str, extract_lib.FrameFeatures], out_dir: str
@@ -89,13 +103,19 @@ def evaluate_models(config: ml_collections.ConfigDict,
   for model, feats in features.items():
     fv = feats.frame_video
     frames_per_video = fv.size / max(1, len(np.unique(fv)))
+    rmac = feats.features["rmac"]
+    if config.retrieval.rmac_whitening == "pca":
+      rmac = whiten_frames(rmac, config.retrieval.rmac_whitening_frames, config.seed,
+                           config.retrieval.rmac_whitening_dim)
+    elif config.retrieval.rmac_whitening != "none":
+      raise UserError(f"config.retrieval.rmac_whitening must be none|pca, got "
+                      f"{config.retrieval.rmac_whitening!r}")
     sims = {}
     timing = {}
-    for method, key in (("GV", "gap"), ("RMAC+GV", "rmac")):
-      dense, seconds = _gv(feats.features[key], fv, query_rows, num_videos)
+    for method, frame_features in (("GV", feats.features["gap"]), ("RMAC+GV", rmac)):
+      dense, seconds = _gv(frame_features, fv, query_rows, num_videos)
       sims[method] = frame_level.similarity_dict(dense, query_ids, collection.video_ids)
       timing[method] = seconds
-    rmac = feats.features["rmac"]
     lsh = lsh_lib.fit_lsh(config.seed, rmac.shape[1], config.lsh.nbits,
                           rotate=config.lsh.rotate,
                           train_thresholds=config.lsh.train_thresholds, train_features=rmac)
@@ -103,7 +123,7 @@ def evaluate_models(config: ml_collections.ConfigDict,
     codes = lsh_lib.encode(rmac, lsh)
     sims["FRP"], timing["FRP"] = _frp(config, codes, fv, query_rows, query_ids, collection)
     storage = {"GV": 4 * feats.features["gap"].shape[1],
-               "RMAC+GV": 4 * rmac.shape[1],
+               "RMAC+GV": 4 * rmac.shape[1],  # After whitening, if any.
                "FRP": lsh.code_size * frames_per_video}
     for method in METHODS:
       row = {"storage_bytes_per_video": float(storage[method]),
