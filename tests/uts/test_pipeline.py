@@ -10,18 +10,25 @@ import pytest
 
 from configs import uts as uts_config
 from tests.uts import extract_worker
+from vtd import artifacts
 from vtd import main as vtd_main
 from vtd.data import fivr as fivr_data
 from vtd.errors import UserError
 from vtd.uts import extract
 from vtd.uts import input_pipeline
+from vtd.uts import networks
 from vtd.uts import retrieval
 
 
 def tiny_config(tmp_path):
   config = uts_config.get_config("smoke")
   config.data.cache_dir = str(tmp_path / "cache")
-  config.data.synthetic.update(num_events=2, num_distractors=8, min_frames=4, max_frames=5)
+  config.data.synthetic.update(num_events=2, num_distractors=8, mean_frames=4.5, min_frames=4,
+                               max_frames=5, num_stock_worlds=2)
+  config.pretrain.source.update(num_object_classes=3, num_texture_classes=1, train_per_class=4,
+                                val_per_class=1)
+  config.pretrain.train.update(num_steps=2, batch_size=8, eval_every_steps=2,
+                               checkpoint_every_steps=2, async_checkpointing=False)
   config.train.num_steps = 3
   config.train.batch_size = 16
   config.train.async_checkpointing = False
@@ -43,6 +50,8 @@ def test_pipeline_end_to_end_and_reuse(tmp_path, capsys):
     assert set(test) == {"DSVR", "CSVR", "ISVR"}
     assert all(0 <= v <= 100 for v in test.values())
     assert results[row]["queries"]["DSVR"] == 2
+    assert set(results[row]["val"]) == {"DSVR", "CSVR", "ISVR"}
+    assert results[row]["val_queries"]["DSVR"] == config.data.synthetic.num_val_events
   # FRP keeps one nbits/8-byte code per frame; GV one float32 vector per video.
   assert results["student/GV"]["storage_bytes_per_video"] == 4 * config.teacher.pca_dim
   num_videos = len(input_pipeline.load_collection(config))
@@ -56,6 +65,21 @@ def test_pipeline_end_to_end_and_reuse(tmp_path, capsys):
   with open(workdir / "retrieval" / "teacher_FRP_results.json") as f:
     sims = json.load(f)
   assert len(sims) == 2 and all(s > 0 for d in sims.values() for s in d.values())
+  # One teacher pass: its retrieval features (whitened in NumPy from the teacher stage's raw
+  # shards) equal the jitted teacher applied to the frames, and the student's targets too.
+  collection = input_pipeline.load_collection(config)
+  teacher_vars, _, _ = artifacts.load_artifact(str(workdir / "teacher" / "model"))
+  feats = extract.load(str(workdir / "features" / "teacher" / "shards"),
+                       extract.num_shards(len(collection), config.extract.shard_videos))
+  frames = np.concatenate([collection.read_frames(i) for i in range(3)])
+  direct = networks.teacher_embed_fn(config, teacher_vars)(frames)
+  for key in ("gap", "rmac"):
+    np.testing.assert_allclose(feats.features[key][:len(frames)], np.asarray(direct[key]),
+                               rtol=1e-3, atol=1e-3)
+  with np.load(workdir / "teacher" / "train_set.npz") as z:
+    np.testing.assert_array_equal(z["frames"][:len(frames)], frames)
+    np.testing.assert_allclose(z["targets"], feats.features["gap"], rtol=1e-5, atol=1e-5)
+  assert results["stages"]["pretrain"]["step"] >= 1  # The teacher was pretrained.
   stamp = os.path.getmtime(workdir / "student" / "stage.json")
   again = vtd_main.run(config, str(workdir))
   assert again["student/FRP"]["test"] == results["student/FRP"]["test"]
@@ -130,3 +154,23 @@ def test_directory_source_reads_videos_and_skips_corrupt(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match="annotation"):
     input_pipeline.load_collection(config)
+
+
+def test_bad_weight_files_fail_before_any_stage(tmp_path):
+  """A wrong student.weights is reported before the (expensive) teacher stage runs."""
+  from tests.uts import test_weights
+  config = tiny_config(tmp_path)
+  workdir = tmp_path / "run"
+  config.student.weights = str(tmp_path / "vgg16.pth")
+  test_weights.write_torch_save_zip(config.student.weights, {"features.0.weight": np.zeros(
+      (8, 3, 3, 3), np.float32)}, archive="vgg16")
+  with pytest.raises(UserError, match=r"vgg16\.pth: a torch\.save file \(zip format\)"):
+    vtd_main.run(config, str(workdir))
+  config.student.weights = ""
+  config.teacher.weights = str(tmp_path / "r.npz")  # Right format, wrong width.
+  np.savez(config.teacher.weights, **{k: np.zeros(v, np.float32) for k, v in
+                                      test_weights.resnet50_shapes(16, classes=10).items()})
+  with pytest.raises(UserError, match=r"r\.npz: key '.*' has shape \(16.*the model expects"):
+    vtd_main.run(config, str(workdir))
+  assert not any(p.name in ("teacher", "pretrain", "student") for p in workdir.glob("*"))
+  assert not (tmp_path / "cache").exists()  # Not even the data were generated.

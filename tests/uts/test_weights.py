@@ -5,6 +5,13 @@ state_dict name with torch's shapes (conv OIHW), built here from an independent 
 of torchvision's resnet50 / vgg16 layouts at a small width, filled with random values.
 """
 
+import collections
+import io
+import pickle
+import sys
+import types
+import zipfile
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -227,3 +234,120 @@ def test_loaded_resnet_convs_compute_torch_convs(tmp_path):
                              _torch_conv2d(conv2_in, src["layer2.0.conv2.weight"], 2, 1),
                              rtol=1e-4, atol=1e-4)
   assert block["conv2"]["__call__"][0].shape == (1, 3, 3, 8)  # 20x18 -> 10x9 -> 5x5 -> 3x3
+
+
+# ------------------------------------------------------------------ validation before any work
+
+def _fake_torch_modules():
+  """Stand-ins for `torch` / `torch._utils` (torch is not installed here), so that `pickle`
+  writes exactly the globals torch.save writes: torch._utils._rebuild_tensor_v2 and
+  torch.FloatStorage."""
+  torch_mod, utils_mod = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+  class FloatStorage:
+    pass
+
+  def _rebuild_tensor_v2(*args):
+    raise AssertionError("never called: vtd does not unpickle torch files")
+
+  FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+  _rebuild_tensor_v2.__module__ = "torch._utils"
+  _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+  torch_mod.FloatStorage, torch_mod._utils = FloatStorage, utils_mod
+  utils_mod._rebuild_tensor_v2 = _rebuild_tensor_v2
+  return {"torch": torch_mod, "torch._utils": utils_mod}
+
+
+def write_torch_save_zip(path, tensors, archive="resnet50"):
+  """Writes {name: float32 array} in torch.save's zip format (torch >= 1.6, the default):
+
+  a stored (uncompressed) zip whose records sit under one folder: `data.pkl` (protocol-2 pickle
+  of an OrderedDict name -> torch._utils._rebuild_tensor_v2(storage, offset, size, stride,
+  requires_grad, backward_hooks), each storage a persistent id ('storage', torch.FloatStorage,
+  key, 'cpu', numel)), `data/<key>` (the raw little-endian storage bytes), `byteorder` and
+  `version`. Written here without torch, by pickling the same globals (`_fake_torch_modules`).
+  """
+  modules = _fake_torch_modules()
+  saved = {name: sys.modules.get(name) for name in modules}
+  sys.modules.update(modules)
+  try:
+    rebuild = modules["torch._utils"]._rebuild_tensor_v2
+    storage_cls = modules["torch"].FloatStorage
+
+    class Storage:
+      def __init__(self, key, numel):
+        self.key, self.numel = key, numel
+
+    class Tensor:
+      def __init__(self, storage, shape):
+        self.storage, self.shape = storage, shape
+
+      def __reduce__(self):
+        stride = tuple(int(np.prod(self.shape[i + 1:])) for i in range(len(self.shape)))
+        return rebuild, (self.storage, 0, tuple(self.shape), stride, False,
+                         collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+      def persistent_id(self, obj):
+        if isinstance(obj, Storage):
+          return ("storage", storage_cls, obj.key, "cpu", obj.numel)
+        return None
+
+    state = collections.OrderedDict(
+        (name, Tensor(Storage(str(i), arr.size), arr.shape))
+        for i, (name, arr) in enumerate(tensors.items()))
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump(state)
+  finally:
+    for name, module in saved.items():
+      if module is None:
+        sys.modules.pop(name, None)
+      else:
+        sys.modules[name] = module
+  with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
+    z.writestr(f"{archive}/data.pkl", buffer.getvalue())
+    z.writestr(f"{archive}/byteorder", "little")
+    for i, arr in enumerate(tensors.values()):
+      z.writestr(f"{archive}/data/{i}", np.ascontiguousarray(arr, "<f4").tobytes())
+    z.writestr(f"{archive}/version", "3\n")
+
+
+def test_torch_save_files_are_named_as_such(tmp_path):
+  template = _template(models.ResNet50(width=8))
+  arrays = {k: np.zeros(v, np.float32) for k, v in resnet50_shapes(8, classes=10).items()
+            if v}
+  path = tmp_path / "resnet50-0676ba61.pth"
+  write_torch_save_zip(str(path), arrays)
+  with zipfile.ZipFile(path) as z:  # The layout torch writes.
+    assert {"resnet50/data.pkl", "resnet50/byteorder", "resnet50/version"} <= set(z.namelist())
+    assert b"torch._utils" in z.read("resnet50/data.pkl")
+  assert weights.torch_save_format(str(path)) == "zip"
+  with pytest.raises(UserError, match=r"resnet50-0676ba61\.pth: a torch\.save file \(zip "
+                     r"format\), not an \.npz of arrays: convert it"):
+    weights.load_resnet50_npz(str(path), template)
+  legacy = tmp_path / "old.pth"  # torch < 1.6: magic number, protocol version, ... pickled.
+  legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+                     + pickle.dumps(1001, protocol=2) + b"...")
+  assert weights.torch_save_format(str(legacy)) == "legacy"
+  with pytest.raises(UserError, match=r"old\.pth: a torch\.save file \(legacy pickle format\)"):
+    weights.load_resnet50_npz(str(legacy), template)
+  npz = tmp_path / "ok.npz"
+  _write(str(npz), resnet50_shapes(8, classes=10))
+  assert weights.torch_save_format(str(npz)) is None  # An .npz is a zip too, not torch's.
+
+
+def test_dtype_and_non_finite_values_are_rejected(tmp_path):
+  template = _template(models.ResNet50(width=8))
+  shapes = resnet50_shapes(8, classes=10)
+  path = str(tmp_path / "w.npz")
+  arrays = _write(path, shapes)
+  np.savez(path, **{**arrays, "layer1.0.conv1.weight":
+                    arrays["layer1.0.conv1.weight"].astype(np.int32)})
+  with pytest.raises(UserError, match=r"'layer1\.0\.conv1\.weight' has dtype int32, the model "
+                     r"expects floating point"):
+    weights.load_resnet50_npz(path, template)
+  bad = arrays["layer4.2.bn3.running_var"].copy()
+  bad[[0, 3]] = [np.nan, np.inf]
+  np.savez(path, **{**arrays, "layer4.2.bn3.running_var": bad})
+  with pytest.raises(UserError, match=r"'layer4\.2\.bn3\.running_var' has 2 NaN or inf values"):
+    weights.load_resnet50_npz(path, template)

@@ -156,17 +156,46 @@ def render_object(rng: np.random.Generator, centres: np.ndarray, radius: float,
   theta = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.03, 0.03) * np.arange(t)
   scale = 1 + rng.uniform(0, 0.1) * np.sin(
       2 * np.pi * rng.uniform(0.3, 1.5) * np.arange(t) / t + rng.uniform(0, 2 * np.pi))
+  return draw_shape(shape, aspect, theta, radius * scale, yy, xx, centres,
+                    lambda: object_texture(rng, main),
+                    lambda: rng.uniform([0, 0.05], [2 * np.pi, 0.25]).tolist())
+
+
+def draw_shape(shape: Callable[[np.ndarray], np.ndarray], aspect: float, theta: np.ndarray,
+               size: np.ndarray, yy: np.ndarray, xx: np.ndarray, centres: np.ndarray,
+               texture: Callable[[], np.ndarray] | np.ndarray,
+               light: Callable[[], list[float]] | tuple[float, float]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Rasterises a given shape with a given texture and pose over T frames (no randomness).
+
+  The deterministic half of `render_object`, also used to draw many instances of one shape
+  class (`vtd.data.synthetic_source_images`).
+
+  Args:
+    shape: r(phi) of `random_shape`.
+    aspect: width / height stretch of the object frame.
+    theta: [T] rotation per frame, radians.
+    size: [T] radius per frame, px.
+    yy, xx: [H, W] pixel coordinates.
+    centres: [T, 2] (y, x) centre per frame, px.
+    texture: [48, 48, 3] patch over object coordinates [-1.5, 1.5]^2 (`object_texture`), or a
+      function returning it (called after the geometry, as `render_object` draws it).
+    light: (direction rad, strength) of the linear shading, or a function returning it.
+
+  Returns:
+    colour [T, H, W, 3], alpha [T, H, W], inside [T, H, W], as `render_object`.
+  """
   per_frame = lambda a: np.asarray(a, np.float32)[:, None, None]
   dy = yy[None] - per_frame(centres[:, 0])
   dx = xx[None] - per_frame(centres[:, 1])
   cos, sin = per_frame(np.cos(theta)), per_frame(np.sin(theta))
-  size = per_frame(radius * scale)
+  size = per_frame(size)
   u = (dx * cos + dy * sin) / (size * aspect)
   v = (-dx * sin + dy * cos) / (size / aspect)
   edge_px = (shape(np.arctan2(v, u)) - np.hypot(u, v)) * size * min(aspect, 1 / aspect)
   alpha = np.clip(edge_px + 0.5, 0, 1).astype(np.float32)
-  texture = object_texture(rng, main)  # Sampled in object coordinates: moves with it.
+  texture = texture() if callable(texture) else texture  # Moves with the object.
   colour = sample_bilinear(texture, (v + 1.5) * 47 / 3, (u + 1.5) * 47 / 3)
-  light, strength = rng.uniform([0, 0.05], [2 * np.pi, 0.25]).tolist()
-  shading = 1 + strength * np.clip(u * np.cos(light) + v * np.sin(light), -1, 1)
+  direction, strength = light() if callable(light) else light
+  shading = 1 + strength * np.clip(u * np.cos(direction) + v * np.sin(direction), -1, 1)
   return colour * shading[..., None], alpha, edge_px > 0

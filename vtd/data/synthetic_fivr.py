@@ -42,60 +42,80 @@ never depends on how many other events or distractors are generated.
 * **Channels** (`num_channels`, shared by the whole collection, positives and distractors
   alike): an intro logo frame, a small corner watermark and "studio" footage (a world of its own
   filmed by a static camera): the unrelated content real uploads insert.
-* **Uploads (videos).** A video is one or more footage segments (time steps of one camera, with
-  a speed change exp(U(-0.4, 0.4) s), frames dropped with p 0.15 s and, with p 0.25 s, a
-  reversed sub-segment), then an uploader's edit of strength s (times `edit_strength`): crop (up
-  to 35 % s per side) resized back, horizontal flip (p 0.4 s), letter/pillar-box (p 0.3 s),
-  colour (saturation, channel balance, contrast, brightness), Gaussian blur (p 0.5 s), the
-  channel's watermark (p 0.5), the channel's intro in the first 1-2 keyframes (p 0.4), noise and
-  JPEG compression (`cv2.imencode`, quality about 90 - 60 s). Every video has
-  U{min_frames..max_frames} keyframes. Relative to the query of event e (camera 0 of scene 0, a
-  window of T_q steps starting in the middle half of the scene, a light edit s = 0.15):
+* **Stock B-roll** (`num_stock_worlds`): worlds of random style, one pre-rendered camera each,
+  whose footage fills videos of every kind (news reports mix an incident's footage with
+  unrelated shots).
+* **Keyframes per video.** T ~ round(LogNormal(mu, `frames_sigma`)) with mu = log
+  `mean_frames` - sigma^2 / 2, clipped to [`min_frames`, `max_frames`]: mean 32, median ~27,
+  95th percentile ~70 (default seed: 31.3 / 27 / 68, max 120). Source: UTS stores 2,075 B per
+  video for FRP at 64 B per 512-bit code [seed uts_net.txt Table 3], i.e. ~32 keyframes per
+  video on average [inferred, reference §A.7]. The log-normal shape and its sigma (the long
+  tail) are NOT FOUND in any source: they are this generator's choice. An ND video has the
+  query's length x exp(N(0, 0.1)).
+* **Uploads (videos).** A video is a list of shots: footage segments (time steps of one
+  camera, with a speed change exp(U(-0.4, 0.4) s), frames dropped with p 0.15 s and, with
+  p 0.25 s, a reversed sub-segment) of its *own* footage and 1-3 *filler* shots (the
+  channel's studio with p 0.5, else a stock B-roll window) in random order; then an uploader's
+  edit of strength s (times `edit_strength`): crop (up to 35 % s per side) resized back,
+  horizontal flip (p 0.4 s), letter/pillar-box (p 0.3 s), colour (saturation, channel
+  balance, contrast, brightness), Gaussian blur (p 0.5 s), the channel's watermark (p 0.5),
+  the channel's intro in the first 1-2 keyframes (p 0.4), noise and JPEG compression
+  (`cv2.imencode`, quality about 90 - 60 s). Relative to the query of event e (camera 0 of
+  scene 0, one shot of T_q steps starting in the middle half of the scene, a light edit
+  s = 0.15, no filler):
 
   ===== =================================================================== ================
-  label video                                                               edit strength s
+  label video (own footage; the rest of its T keyframes is filler)           edit strength s
   ===== =================================================================== ================
-  ND    the query window (start +-2 steps, length T_q +-3): the same         U(0.4, 1.0)
-        footage, re-edited (ND videos are near-duplicates of one another)
-  DS    camera 0, a window overlapping the query's by 20-80 % of T_q (at     U(0.4, 1.0)
-        least 2 steps); with p 0.4 concatenated with another scene-0
-        camera's footage of about the same time (then also labelled CS, as
-        real FIVR labels overlap), with p 0.4 with the channel's studio
-        footage (40-70 % own footage in both cases)
-  CS    another camera of scene 0 (another viewpoint), a window overlapping  U(0.2, 0.8)
-        the query's in time
+  ND    the query re-edited: its footage (start +-2 steps), no filler        U(0.4, 1.0)
+  DS    camera 0: a fraction U(0.15, 0.45) of the video (a minority, at most U(0.4, 1.0)
+        T_q keyframes) inside the query's window (up to a quarter sticking
+        out); with p 0.08 also 10-30 % from another scene-0 camera at about
+        the same time (then also labelled CS)
+  CS    another camera of scene 0 (another viewpoint): a fraction U(0.3,    U(0.2, 0.8)
+        0.6), at a time overlapping the query's window
   IS    a camera of a later scene (other time, lighting, props and actor     U(0.2, 0.8)
-        positions, mostly another part of the world), any window
+        positions, mostly another part of the world): a fraction U(0.3,
+        0.6), any window
   ===== =================================================================== ================
+
+  Label counts per query, 1 ND / 5 DS / 2 CS / 3 IS (6 / 8 / 11 positives for DSVR / CSVR /
+  ISVR), follow FIVR-200K's annotation: ND is 18 % of the DSVR entries (1,325 of 7,456), and
+  the mean positives per query are 74.6 / 88.4 / 123.6, ratios 1 : 1.18 : 1.66 (here
+  1 : 1.33 : 1.83, rounded to whole videos); DS and CS overlap in 503 of 6,133 DS entries
+  (8 %, hence p 0.08) [reference §B.1, data: MKLab-ITI/FIVR-200K annotation.json]. The
+  DS-minority rule is FIVR's definition of a duplicate scene: "at least one scene" from the
+  same camera [reference §B.1], i.e. a video that may be mostly other content.
 
 * **Distractors.** `num_distractors` videos from distractor worlds of 1-4 videos each (one
-  scene, two cameras: near-duplicates and complementary scenes of one another, of no query). A
-  fraction `hard_distractor_fraction` of the distractor worlds copies the style of an event
-  (with 5 % jitter): the same palettes, landmark and actor colours and texture, another layout,
-  other landmarks and actors, so colour statistics alone cannot tell them from the event.
+  scene, two cameras: near-duplicates and complementary scenes of one another, of no query);
+  a fraction U(0.4, 1.0) own footage, the rest filler (the same channels and B-roll as the
+  positives). A fraction `hard_distractor_fraction` of the distractor worlds copies the style
+  of an event (test or validation, with 5 % jitter): the same palettes, landmark and actor
+  colours and texture, another layout, other landmarks and actors, so colour statistics alone
+  cannot tell them from the event.
 
 Difficulty is graded by construction, as in the real tasks: ND and DS share footage (pixels)
 with the query; CS shares the world, the time, props and actors but not the viewpoint; IS only
-the world; hard distractors the style. A simple baseline (video vector = mean of L2-normalised,
-zero-centred 4 x 4 RGB thumbnails; cosine; `tests/data/test_synthetic_fivr.py`) gets on the
-default collection, seeds 0 / 1 / 2, mAP DSVR 0.63 / 0.74 / 0.62, CSVR 0.53 / 0.62 / 0.55,
-ISVR 0.46 / 0.54 / 0.47; its frame-level variant (mean over query frames of the best frame
-similarity per video, Algorithm 1 without top-N) is better (seed 0: 0.69 / 0.57 / 0.48). A
-4x4x4 colour histogram does better on DSVR (about 0.8) but ranks CS nearly as high as DS (same
-colours): CSVR 0.73-0.79, ISVR 0.61-0.68.
+the world; hard distractors the style; filler is shared across unrelated videos. Because a DS
+video is mostly filler, its mean frame vector (GV) is far from the query's while some of its
+frames are near-copies of query frames: the structure the frame-level pipeline exploits.
+
+**Validation split.** `num_val_events` further events (own random streams, ids prefixed
+differently) with their queries and labels in `val_query_ids` / `val_annotation`: all their
+videos are in the one database (distractors for the test queries and vice versa), but no test
+query or test label is used to choose a default.
 
 **Training split.** UTS is unsupervised (§A.5): it trains on the keyframes of the database, so
 `split["train"]` is every video (the queries included: as on FIVR-200K, the queries are in the
 database). `split["train_disjoint"]` holds only the distractors (no video related to any query),
-for a leakage-free ablation. `split["database"]` is every video, `split["queries"]` the queries.
+for a leakage-free ablation. `split["database"]` is every video, `split["queries"]` the test
+queries, `split["val_queries"]` the validation ones.
 
-Default size (for the CPU budget of the UTS job, whose teacher and student CNNs see every
-keyframe): 12 events x (1 query + 3 ND + 3 DS + 3 CS + 3 IS) + 150 distractors (60 hard) = 306
-videos of 8-16 keyframes at 64 x 64 px (about 3 650 frames, 45 MB); per query 6 / 9 / 12
-positives for DSVR / CSVR / ISVR. Generation takes about 5-9 s on a shared 2-core CPU; the
+Default size: (12 test + 8 validation events) x 12 videos + 150 distractors = 390 videos,
+12,203 keyframes of 64 x 64 px (150 MB). Generation takes 1-2.5 min on a shared 2-core CPU; the
 result is cached as .npz under `cache_dir`, keyed by a hash of the spec and `VERSION`.
-`SMOKE_SPEC` (3 events, 30 distractors: 69 videos of 6-8 keyframes at 32 x 32, about 480
-frames) generates in about 0.4 s.
+`SMOKE_SPEC` (3 + 2 events, 30 distractors: 90 videos, ~950 frames at 32 x 32) takes ~3 s.
 """
 
 from __future__ import annotations
@@ -114,32 +134,38 @@ from vtd.data.synthetic_fivr_render import STREAMS, Camera, World, jitter_style,
 from vtd.data.synthetic_fivr_render import random_style, stream, upload_edit
 from vtd.errors import UserError
 
-VERSION = 1  # Bump when the generator changes: it is part of the cache key.
+VERSION = 2  # Bump when the generator changes: it is part of the cache key.
 LABELS = ("ND", "DS", "CS", "IS")  # FIVR visual labels, in annotation order (DA not generated).
 TASKS = {"DSVR": ("ND", "DS"), "CSVR": ("ND", "DS", "CS"), "ISVR": ("ND", "DS", "CS", "IS")}
 KINDS = ("query", "ND", "DS", "CS", "IS", "distractor", "hard_distractor")  # Per-video kind.
+# Fractions of a video's keyframes that are its own footage (the rest is filler), U(lo, hi).
+DS_OWN_FRACTION = (0.15, 0.45)  # A minority: the duplicate scene inside a longer video.
+CS_IS_OWN_FRACTION = (0.3, 0.6)
+DISTRACTOR_OWN_FRACTION = (0.4, 1.0)
+DS_WITH_CS = 0.08  # P(a DS video also shows the moment from another camera, hence also CS).
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticFivrSpec:
-  """Every parameter of the generator (the cache key); the module docstring gives their roles.
-
-  None of these comes from the papers: they size a CPU-friendly stand-in for FIVR-200K.
-  """
+  """Every parameter of the generator (the cache key); the module docstring gives their roles
+  and sources."""
   seed: int = 0
-  num_events: int = 12  # One query per event.
-  num_nd: int = 3  # Videos per event and label.
-  num_ds: int = 3
-  num_cs: int = 3
+  num_events: int = 12  # Test events: one test query each.
+  num_val_events: int = 8  # Validation events: their queries and labels are not in the test.
+  num_nd: int = 1  # Videos per event and label.
+  num_ds: int = 5
+  num_cs: int = 2
   num_is: int = 3
   num_distractors: int = 150
   hard_distractor_fraction: float = 0.4  # Of the distractor worlds, copying an event's style.
-  min_frames: int = 8  # Keyframes per video ~ Uniform{min_frames..max_frames}.
-  max_frames: int = 16
+  mean_frames: float = 32.0  # Keyframes per video ~ log-normal of this mean...
+  frames_sigma: float = 0.6  # ...and this log-std, clipped to [min_frames, max_frames].
+  min_frames: int = 8
+  max_frames: int = 128
   height: int = 64
   width: int = 64
   scenes_per_event: int = 2  # Scene 0: query, ND, DS, CS; scenes >= 1: IS.
-  scene_frames: int = 40  # Time steps of footage per scene (>= 2 * max_frames).
+  scene_frames: int = 256  # Time steps of footage per scene (>= 2 * max_frames).
   world_scale: float = 3.0  # World canvas = world_scale x (height, width).
   landmarks_per_world: int = 4
   actors_per_scene: int = 3
@@ -147,6 +173,7 @@ class SyntheticFivrSpec:
   viewpoint_spread: float = 0.4  # Camera centre std around the action centre, x height.
   lighting_shift: float = 0.3  # Lighting change of scenes >= 1 (log gain scale).
   num_channels: int = 6  # Uploaders' intros, watermarks and studio footage.
+  num_stock_worlds: int = 8  # B-roll worlds whose footage fills videos of every kind.
   edit_strength: float = 1.0  # Scales every upload's edit strength (0: light JPEG only).
 
   def cache_key(self) -> str:
@@ -155,13 +182,16 @@ class SyntheticFivrSpec:
 
   def validate(self) -> None:
     """Raises UserError naming the first inconsistent parameter."""
-    counts = (self.num_nd, self.num_ds, self.num_cs, self.num_is, self.num_distractors)
+    counts = (self.num_nd, self.num_ds, self.num_cs, self.num_is, self.num_distractors,
+              self.num_val_events, self.num_stock_worlds)
     checks = [
         (self.num_events >= 1, "need num_events >= 1"),
-        (min(counts) >= 0, "video counts must be >= 0"),
+        (min(counts) >= 0, "video, event and world counts must be >= 0"),
         (self.scenes_per_event >= 1, "need scenes_per_event >= 1"),
         (self.num_is == 0 or self.scenes_per_event >= 2, "IS videos need scenes_per_event >= 2"),
         (4 <= self.min_frames <= self.max_frames, "need 4 <= min_frames <= max_frames"),
+        (self.min_frames <= self.mean_frames <= self.max_frames and self.frames_sigma >= 0,
+         "need min_frames <= mean_frames <= max_frames and frames_sigma >= 0"),
         (self.scene_frames >= 2 * self.max_frames, "need scene_frames >= 2 * max_frames"),
         (self.height >= 16 and self.width >= 16, "height and width must be >= 16"),
         (self.world_scale >= 2, "need world_scale >= 2"),
@@ -175,8 +205,9 @@ class SyntheticFivrSpec:
         raise UserError(f"invalid SyntheticFivrSpec: {message} ({self})")
 
 
-SMOKE_SPEC = SyntheticFivrSpec(num_events=3, num_distractors=30, min_frames=6, max_frames=8,
-                               height=32, width=32, scene_frames=20, num_channels=3)
+SMOKE_SPEC = SyntheticFivrSpec(num_events=3, num_val_events=2, num_distractors=30,
+                               mean_frames=10, min_frames=6, max_frames=24, height=32, width=32,
+                               scene_frames=48, num_channels=3, num_stock_worlds=3)
 
 
 @dataclasses.dataclass
@@ -189,12 +220,16 @@ class SyntheticFivr:
     frames: [sum_v T_v, H, W, 3] uint8 RGB keyframes of all videos, concatenated in
       `video_ids` order; video v is frames[offsets[v]:offsets[v + 1]].
     offsets: [V + 1] int64.
-    query_ids: one query per event (event order); every query is also a database video.
+    query_ids: one test query per test event (event order); every query is also a database
+      video.
     annotation: {query_id: {label: [video ids]}}, labels in LABELS order, empty labels omitted:
       exactly FIVR's annotation.json (a video may carry two labels, e.g. DS and CS).
+    val_query_ids, val_annotation: the same for the validation events (defaults are chosen on
+      them; no test query or test label is among them).
     split: "train" (all videos: unsupervised training on the database keyframes),
-      "train_disjoint" (distractors only), "database" (all videos), "queries".
-    events: [V] int64, the event of each video, -1 for distractors (diagnostics only).
+      "train_disjoint" (distractors only), "database" (all videos), "queries", "val_queries".
+    events: [V] int64, the event of each video (validation events numbered after the test
+      events), -1 for distractors (diagnostics only).
     kinds: [V] KINDS names (diagnostics only; retrieval must use `annotation`).
   """
   spec: SyntheticFivrSpec
@@ -203,6 +238,8 @@ class SyntheticFivr:
   offsets: np.ndarray
   query_ids: list[str]
   annotation: dict[str, dict[str, list[str]]]
+  val_query_ids: list[str]
+  val_annotation: dict[str, dict[str, list[str]]]
   split: dict[str, list[str]]
   events: np.ndarray
   kinds: list[str]
@@ -234,8 +271,9 @@ class SyntheticFivr:
     return self.frames[self.offsets[i]:self.offsets[i + 1]]
 
   def positives(self, query_id: str, task: str) -> set[str]:
-    """The union of the task's labels for a query (FIVR's ground truth, §B.2)."""
-    labels = self.annotation.get(query_id, {})
+    """The union of the task's labels for a (test or validation) query (FIVR's ground truth,
+    §B.2)."""
+    labels = self.annotation.get(query_id) or self.val_annotation.get(query_id, {})
     return set().union(*(labels.get(name, ()) for name in TASKS[task]))
 
 
@@ -250,6 +288,8 @@ def _steps(rng: np.random.Generator, start: int, length: int, total: int,
   keep = rng.random(n) >= 0.15 * strength
   keep[0] = True
   idx = idx[keep][:length]
+  if len(idx) < length:  # Slow speed and many drops: pad with the last step (a freeze).
+    idx = np.concatenate([idx, np.full(length - len(idx), idx[-1])])
   if len(idx) >= 4 and rng.random() < 0.25 * strength:  # A reversed sub-segment.
     a = int(rng.integers(0, len(idx) - 3))
     b = int(rng.integers(a + 3, len(idx) + 1))
@@ -262,11 +302,14 @@ def _strength(rng: np.random.Generator, spec: SyntheticFivrSpec, lo: float, hi: 
 
 
 def _length(rng: np.random.Generator, spec: SyntheticFivrSpec, around: int | None = None,
-            spread: int = 3) -> int:
+            spread: float = 0.1) -> int:
+  """Keyframes of a video: log-normal with mean ~mean_frames (or ~`around`), clipped."""
   if around is None:
-    return int(rng.integers(spec.min_frames, spec.max_frames + 1))
-  return int(np.clip(around + rng.integers(-spread, spread + 1), spec.min_frames,
-                     spec.max_frames))
+    mu = np.log(spec.mean_frames) - spec.frames_sigma ** 2 / 2
+    t = np.exp(rng.normal(mu, spec.frames_sigma))
+  else:
+    t = around * np.exp(rng.normal(0, spread))
+  return int(np.clip(round(float(t)), spec.min_frames, spec.max_frames))
 
 
 def _video_id(spec: SyntheticFivrSpec, key: str) -> str:
@@ -307,12 +350,48 @@ def _render(spec: SyntheticFivrSpec, plans: list[_Plan]) -> list[np.ndarray]:
   return videos
 
 
-def _plan_event(spec: SyntheticFivrSpec, e: int, channels: list[dict]) -> list[_Plan]:
+def _window(rng: np.random.Generator, camera: Camera, n: int, total: int) -> tuple:
+  """A random window of `n` consecutive steps of a (pre-rendered) shared camera."""
+  start = int(rng.integers(0, total - n + 1))
+  return camera, np.arange(start, start + n)
+
+
+def _filler(rng: np.random.Generator, spec: SyntheticFivrSpec, n: int, channel: dict,
+            stock: list[Camera]) -> list[tuple]:
+  """`n` keyframes of unrelated footage in 1-3 shots: the channel's studio (p 0.5) or stock
+  B-roll shared by the whole collection (module docstring)."""
+  if n <= 0:
+    return []
+  shots = int(min(n, rng.integers(1, 4)))
+  cuts = np.sort(rng.choice(np.arange(1, n), shots - 1, replace=False)) if shots > 1 else []
+  out = []
+  for length in np.diff(np.concatenate([[0], cuts, [n]])).astype(int):
+    cam = channel["studio"] if rng.random() < 0.5 or not stock else stock[
+        int(rng.integers(len(stock)))]
+    out.append(_window(rng, cam, int(length), spec.scene_frames))
+  return out
+
+
+def _mixed(rng: np.random.Generator, own: list[tuple], filler: list[tuple]) -> list[tuple]:
+  """The video's own footage and its filler shots in a random order."""
+  parts = own + filler
+  return [parts[i] for i in rng.permutation(len(parts))]
+
+
+def _own(rng: np.random.Generator, length: int, lo: float, hi: float, cap: int | None = None
+         ) -> int:
+  """Keyframes of a video's own footage: a fraction U(lo, hi) of `length`, >= 3, <= cap."""
+  n = int(round(length * rng.uniform(lo, hi)))
+  return int(np.clip(n, 3, min(length, cap or length)))
+
+
+def _plan_event(spec: SyntheticFivrSpec, stream_key: int, e: int, channels: list[dict],
+                stock: list[Camera]) -> list[_Plan]:
   """Event e's videos: the query first, then its positives (module docstring)."""
-  world = World(spec, stream(spec, STREAMS["event"], e, 1), random_style(
-      stream(spec, STREAMS["event"], e, 0)), spec.scenes_per_event, spec.landmarks_per_world,
+  world = World(spec, stream(spec, stream_key, e, 1), random_style(
+      stream(spec, stream_key, e, 0)), spec.scenes_per_event, spec.landmarks_per_world,
                 spec.actors_per_scene)
-  rng = stream(spec, STREAMS["event"], e, 2)
+  rng = stream(spec, stream_key, e, 2)
   total = spec.scene_frames
   query_cam = Camera(world, rng, 0)
   cs_cams = [Camera(world, rng, 0) for _ in range(spec.num_cs)]
@@ -324,90 +403,116 @@ def _plan_event(spec: SyntheticFivrSpec, e: int, channels: list[dict]) -> list[_
   q0 = int(rng.integers(total // 4, total - tq - total // 4 + 1))
   plans = [_plan(rng, "query", "query", (), [query_cam.take(span(q0, tq))],
                  0.15 * spec.edit_strength, pick(), intro=False)]
-  for k in range(spec.num_nd):
+  for k in range(spec.num_nd):  # The query re-edited (a near-duplicate of the whole video).
     s = _strength(rng, spec, 0.4, 1.0)
     start = int(np.clip(q0 + rng.integers(-2, 3), 0, total - 1))
     steps = _steps(rng, start, _length(rng, spec, tq), total, s)
     plans.append(_plan(rng, f"nd{k}", "ND", ("ND",), [query_cam.take(steps)], s, pick()))
   for k in range(spec.num_ds):
-    s, ch = _strength(rng, spec, 0.4, 1.0), pick()
-    length = _length(rng, spec)
-    labels, other, draw = ("DS",), None, rng.random()
-    if draw < 0.4 and cs_cams:  # Same time seen by another camera of the scene: also CS.
-      other, labels = cs_cams[int(rng.integers(len(cs_cams)))], ("DS", "CS")
-    elif draw < 0.8:
-      other = ch["studio"]
-    n_own = length if other is None else max(2, int(round(length * rng.uniform(0.4, 0.7))))
-    # Overlap with the query window: 20-80 % of it, at least 2 steps, on a random side.
-    overlap = min(max(2, int(round(tq * rng.uniform(0.2, 0.8)))), n_own, tq)
-    start = q0 + tq - overlap if rng.random() < 0.5 else q0 + overlap - n_own
-    start = int(np.clip(start, 0, total - n_own))
-    parts = [query_cam.take(_steps(rng, start, n_own, total, 0.3 * s))]
-    if other is not None:
-      o0 = int(np.clip(start + rng.integers(-4, 5), 0, total - (length - n_own)))
-      parts.append(other.take(span(o0, length - n_own)))
-      if rng.random() < 0.5:
-        parts = parts[::-1]
-    plans.append(_plan(rng, f"ds{k}", "DS", labels, parts, s, ch))
+    s, ch, length = _strength(rng, spec, 0.4, 1.0), pick(), _length(rng, spec)
+    n_own = _own(rng, length, *DS_OWN_FRACTION, cap=tq)
+    # Inside the query window, up to a quarter of the segment sticking out on either side.
+    lo, hi = q0 - n_own // 4, q0 + tq - n_own + n_own // 4
+    start = int(np.clip(rng.integers(lo, max(lo, hi) + 1), 0, total - n_own))
+    own = [query_cam.take(_steps(rng, start, n_own, total, 0.3 * s))]
+    labels = ("DS",)
+    if cs_cams and rng.random() < DS_WITH_CS:  # The same moment from another camera: also CS.
+      n_cs = min(_own(rng, length, 0.1, 0.3), length - n_own)
+      if n_cs >= 3:
+        o0 = int(np.clip(start + rng.integers(-4, 5), 0, total - n_cs))
+        own.append(cs_cams[int(rng.integers(len(cs_cams)))].take(span(o0, n_cs)))
+        labels = ("DS", "CS")
+    filler = _filler(rng, spec, length - sum(len(st) for _, st in own), ch, stock)
+    plans.append(_plan(rng, f"ds{k}", "DS", labels, _mixed(rng, own, filler), s, ch))
   for k, cam in enumerate(cs_cams):
-    s, length = _strength(rng, spec, 0.2, 0.8), _length(rng, spec)
-    start = int(np.clip(q0 + rng.integers(-tq // 2, tq // 2 + 1), 0, total - length))
-    plans.append(_plan(rng, f"cs{k}", "CS", ("CS",),
-                       [cam.take(_steps(rng, start, length, total, s))], s, pick()))
+    s, ch, length = _strength(rng, spec, 0.2, 0.8), pick(), _length(rng, spec)
+    n_own = _own(rng, length, *CS_IS_OWN_FRACTION)
+    start = int(np.clip(q0 + rng.integers(-n_own // 2, tq - n_own // 2 + 1), 0, total - n_own))
+    own = [cam.take(_steps(rng, start, n_own, total, s))]
+    plans.append(_plan(rng, f"cs{k}", "CS", ("CS",), _mixed(
+        rng, own, _filler(rng, spec, length - n_own, ch, stock)), s, ch))
   for k, cam in enumerate(is_cams):
-    s, length = _strength(rng, spec, 0.2, 0.8), _length(rng, spec)
-    start = int(rng.integers(0, total - length + 1))
-    plans.append(_plan(rng, f"is{k}", "IS", ("IS",),
-                       [cam.take(_steps(rng, start, length, total, s))], s, pick()))
+    s, ch, length = _strength(rng, spec, 0.2, 0.8), pick(), _length(rng, spec)
+    n_own = _own(rng, length, *CS_IS_OWN_FRACTION)
+    start = int(rng.integers(0, total - n_own + 1))
+    own = [cam.take(_steps(rng, start, n_own, total, s))]
+    plans.append(_plan(rng, f"is{k}", "IS", ("IS",), _mixed(
+        rng, own, _filler(rng, spec, length - n_own, ch, stock)), s, ch))
   return plans
 
 
 def _plan_distractor_world(spec: SyntheticFivrSpec, index: int, channels: list[dict],
-                           max_videos: int) -> list[_Plan]:
+                           stock: list[Camera], max_videos: int) -> list[_Plan]:
   """1-4 videos (at most max_videos) of distractor world `index`."""
   rng = stream(spec, STREAMS["distractor"], index)
   hard = rng.random() < spec.hard_distractor_fraction
   if hard:  # Copies an event's style (from the event's own style stream).
-    event = int(rng.integers(spec.num_events))
-    style = jitter_style(rng, random_style(stream(spec, STREAMS["event"], event, 0)))
+    event = int(rng.integers(spec.num_events + spec.num_val_events))
+    key, e = (STREAMS["event"], event) if event < spec.num_events else (
+        STREAMS["val_event"], event - spec.num_events)
+    style = jitter_style(rng, random_style(stream(spec, key, e, 0)))
   else:
     style = random_style(rng)
   world = World(spec, rng, style, 1, spec.landmarks_per_world, spec.actors_per_scene)
   cams = [Camera(world, rng, 0) for _ in range(2)]
   plans = []
   for k in range(min(int(rng.integers(1, 5)), max_videos)):
-    s, length = _strength(rng, spec, 0.1, 0.9), _length(rng, spec)
-    ch = channels[int(rng.integers(len(channels)))]
-    start = int(rng.integers(0, spec.scene_frames - length + 1))
-    steps = _steps(rng, start, length, spec.scene_frames, s)
+    s, ch, length = _strength(rng, spec, 0.1, 0.9), channels[int(rng.integers(len(channels)))], \
+        _length(rng, spec)
+    n_own = _own(rng, length, *DISTRACTOR_OWN_FRACTION)
+    start = int(rng.integers(0, spec.scene_frames - n_own + 1))
+    own = [cams[int(rng.integers(2))].take(_steps(rng, start, n_own, spec.scene_frames, s))]
     plans.append(_plan(rng, f"d{index}/{k}", "hard_distractor" if hard else "distractor", (),
-                       [cams[int(rng.integers(2))].take(steps)], s, ch))
+                       _mixed(rng, own, _filler(rng, spec, length - n_own, ch, stock)), s, ch))
   return plans
+
+
+def _stock_cameras(spec: SyntheticFivrSpec) -> list[Camera]:
+  """B-roll: one pre-rendered camera in each of `num_stock_worlds` worlds (random styles)."""
+  cams = []
+  for index in range(spec.num_stock_worlds):
+    rng = stream(spec, STREAMS["stock"], index)
+    world = World(spec, rng, random_style(rng), 1, spec.landmarks_per_world,
+                  spec.actors_per_scene)
+    cam = Camera(world, rng, 0)
+    cam.render(all_steps=True)
+    cams.append(cam)
+  return cams
+
+
+def _event_rows(spec, stream_key, count, prefix, channels, stock, first_event):
+  """Renders `count` events: rows (id, kind, event, frames), query ids and annotation."""
+  rows, annotation, query_ids = [], {}, []
+  for e in range(count):
+    plans = _plan_event(spec, stream_key, e, channels, stock)
+    ids = [_video_id(spec, f"{prefix}{e}/{plan.key}") for plan in plans]
+    query_ids.append(ids[0])
+    labels = {name: [] for name in LABELS}
+    for vid, plan, frames in zip(ids, plans, _render(spec, plans)):
+      rows.append((vid, plan.kind, first_event + e, frames))
+      for name in plan.labels:
+        labels[name].append(vid)
+    annotation[ids[0]] = {name: vids for name, vids in labels.items() if vids}
+  return rows, query_ids, annotation
 
 
 def generate(spec: SyntheticFivrSpec = SyntheticFivrSpec()) -> SyntheticFivr:
   """Generates the collection for `spec` (deterministic in `spec`; module docstring)."""
   spec.validate()
   channels = [make_channel(spec, c) for c in range(spec.num_channels)]
-  rows = []  # (id, kind, event, frames)
-  annotation, query_ids = {}, []
-  for e in range(spec.num_events):
-    plans = _plan_event(spec, e, channels)
-    ids = [_video_id(spec, f"e{e}/{plan.key}") for plan in plans]
-    query_ids.append(ids[0])
-    labels = {name: [] for name in LABELS}
-    for vid, plan, frames in zip(ids, plans, _render(spec, plans)):
-      rows.append((vid, plan.kind, e, frames))
-      for name in plan.labels:
-        labels[name].append(vid)
-    annotation[ids[0]] = {name: vids for name, vids in labels.items() if vids}
-  world = 0
-  while len(rows) < spec.num_events * (1 + spec.num_nd + spec.num_ds + spec.num_cs +
-                                       spec.num_is) + spec.num_distractors:
-    remaining = spec.num_distractors - sum(row[2] < 0 for row in rows)
-    plans = _plan_distractor_world(spec, world, channels, remaining)
+  stock = _stock_cameras(spec)
+  rows, query_ids, annotation = _event_rows(spec, STREAMS["event"], spec.num_events, "e",
+                                            channels, stock, 0)
+  val_rows, val_query_ids, val_annotation = _event_rows(
+      spec, STREAMS["val_event"], spec.num_val_events, "v", channels, stock, spec.num_events)
+  rows += val_rows
+  world, num_distractors = 0, 0
+  while num_distractors < spec.num_distractors:
+    plans = _plan_distractor_world(spec, world, channels, stock,
+                                   spec.num_distractors - num_distractors)
     for plan, frames in zip(plans, _render(spec, plans)):
       rows.append((_video_id(spec, plan.key), plan.kind, -1, frames))
+    num_distractors += len(plans)
     world += 1
   rows.sort(key=lambda row: row[0])
   video_ids = [row[0] for row in rows]
@@ -418,14 +523,16 @@ def generate(spec: SyntheticFivrSpec = SyntheticFivrSpec()) -> SyntheticFivr:
   return SyntheticFivr(
       spec=spec, video_ids=video_ids, frames=np.concatenate([row[3] for row in rows]),
       offsets=offsets, query_ids=query_ids, annotation=annotation,
-      split=_split(video_ids, kinds, query_ids),
+      val_query_ids=val_query_ids, val_annotation=val_annotation,
+      split=_split(video_ids, kinds, query_ids, val_query_ids),
       events=np.array([row[2] for row in rows], np.int64), kinds=kinds)
 
 
-def _split(video_ids: list[str], kinds: list[str], query_ids: list[str]) -> dict[str, list[str]]:
+def _split(video_ids: list[str], kinds: list[str], query_ids: list[str],
+           val_query_ids: list[str]) -> dict[str, list[str]]:
   disjoint = [v for v, k in zip(video_ids, kinds) if k in ("distractor", "hard_distractor")]
   return {"train": list(video_ids), "train_disjoint": disjoint, "database": list(video_ids),
-          "queries": list(query_ids)}
+          "queries": list(query_ids), "val_queries": list(val_query_ids)}
 
 
 # ----------------------------------------------------------------------------- files
@@ -441,7 +548,9 @@ def save_npz(ds: SyntheticFivr, path: str) -> None:
             "offsets": ds.offsets, "video_ids": np.asarray(ds.video_ids, dtype=str),
             "query_ids": np.asarray(ds.query_ids, dtype=str), "events": ds.events,
             "kinds": np.asarray(ds.kinds, dtype=str),
-            "annotation": np.asarray(json.dumps(ds.annotation))}
+            "annotation": np.asarray(json.dumps(ds.annotation)),
+            "val_query_ids": np.asarray(ds.val_query_ids, dtype=str),
+            "val_annotation": np.asarray(json.dumps(ds.val_annotation))}
   cache.save_entry(path, arrays)
 
 
@@ -454,11 +563,14 @@ def load_npz(path: str, spec: SyntheticFivrSpec) -> SyntheticFivr:
     video_ids = arrays["video_ids"].tolist()
     kinds = arrays["kinds"].tolist()
     query_ids = arrays["query_ids"].tolist()
+    val_query_ids = arrays["val_query_ids"].tolist()
     return SyntheticFivr(spec=spec, video_ids=video_ids, frames=arrays["frames"],
                          offsets=arrays["offsets"], query_ids=query_ids,
                          annotation=json.loads(str(arrays["annotation"])),
-                         split=_split(video_ids, kinds, query_ids), events=arrays["events"],
-                         kinds=kinds)
+                         val_query_ids=val_query_ids,
+                         val_annotation=json.loads(str(arrays["val_annotation"])),
+                         split=_split(video_ids, kinds, query_ids, val_query_ids),
+                         events=arrays["events"], kinds=kinds)
   except (OSError, ValueError, KeyError) as e:  # Truncated or foreign files.
     if isinstance(e, UserError):
       raise

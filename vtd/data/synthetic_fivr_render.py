@@ -20,7 +20,7 @@ from vtd.data.rendering import render_object, sample_bilinear, sigmoid, smooth_n
 if TYPE_CHECKING:  # Type hints only: synthetic_fivr imports this module.
   from vtd.data.synthetic_fivr import SyntheticFivrSpec
 
-STREAMS = {"event": 0, "distractor": 1, "channel": 2}  # Second key of the seed sequences.
+STREAMS = {"event": 0, "distractor": 1, "channel": 2, "val_event": 3, "stock": 4}  # Second key of the seed sequences.
 _REGIONS = 3
 _ACCENTS = 4  # Landmark and actor colours per style.
 

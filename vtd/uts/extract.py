@@ -110,6 +110,26 @@ def extract(collection: input_pipeline.VideoCollection, embed: EmbedFn, director
   return load(directory, total)
 
 
+def transform(src: str, dst: str, count: int,
+              fn: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> FrameFeatures:
+  """Writes `fn(features)` of each of the `count` finished shards in `src` to `dst` (same
+  shard numbering, frame owners and skipped lists); shards already in `dst` are kept.
+  Hosts split the shards round-robin, as `extract`."""
+  os.makedirs(dst, exist_ok=True)
+  for k in range(jax.process_index(), count, jax.process_count()):
+    if os.path.exists(_shard_path(dst, k)):
+      continue
+    with np.load(_shard_path(src, k)) as z:
+      arrays = {key: z[key] for key in z.files}
+    feats = {key[5:]: v for key, v in arrays.items() if key.startswith("feat_")}
+    out = fn(feats) if feats else {}
+    artifacts.save_npz_atomic(_shard_path(dst, k), frame_video=arrays["frame_video"],
+                              skipped=arrays["skipped"],
+                              **{f"feat_{n}": np.asarray(v, np.float32) for n, v in out.items()})
+  sharding.sync(f"transform-{dst}")
+  return load(dst, count)
+
+
 def num_shards(num_videos: int, shard_videos: int) -> int:
   return -(-num_videos // shard_videos)
 

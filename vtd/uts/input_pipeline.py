@@ -44,6 +44,8 @@ class VideoCollection:
     description: one line for logs and results.json.
     dataset_ids: the evaluation database (FIVR's youtube_ids.txt): positives outside it are
       dropped from the ground truth, ids in it without a video count as misses.
+    val_query_ids, val_annotation: validation queries and their labels (same format), disjoint
+      from the test queries; defaults are chosen on them. Empty when there are none.
   """
   video_ids: list[str]
   query_ids: list[str]
@@ -52,6 +54,8 @@ class VideoCollection:
   image_size: int
   description: str
   dataset_ids: list[str]
+  val_query_ids: list[str] = dataclasses.field(default_factory=list)
+  val_annotation: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
     return len(self.video_ids)
@@ -72,7 +76,8 @@ def _synthetic(config: ml_collections.ConfigDict) -> VideoCollection:
                          annotation=ds.annotation, read_frames=read, image_size=size,
                          description=f"synthetic FIVR-like ({len(ds)} videos, "
                                      f"{ds.frames.shape[0]} keyframes)",
-                         dataset_ids=list(ds.video_ids))
+                         dataset_ids=list(ds.video_ids), val_query_ids=list(ds.val_query_ids),
+                         val_annotation=ds.val_annotation)
 
 
 def _directory(config: ml_collections.ConfigDict) -> VideoCollection:
@@ -102,6 +107,14 @@ def _directory(config: ml_collections.ConfigDict) -> VideoCollection:
   if not queries:
     raise UserError(f"none of the {len(annotation)} queries of {ann_path} has a video under "
                     f"{root}")
+  val_annotation, val_queries = {}, []
+  if config.data.val_annotation:
+    val_annotation = fivr_data.load_annotation(os.path.expanduser(config.data.val_annotation))
+    overlap = sorted(set(val_annotation) & set(annotation))
+    if overlap:
+      raise UserError(f"validation query {overlap[0]!r} of {config.data.val_annotation} is "
+                      f"also a test query of {ann_path}: use disjoint query sets")
+    val_queries = [q for q in val_annotation if q in paths]
   size = config.data.image_size
 
   def read(i: int) -> np.ndarray:
@@ -112,7 +125,8 @@ def _directory(config: ml_collections.ConfigDict) -> VideoCollection:
   return VideoCollection(video_ids=video_ids, query_ids=queries, annotation=annotation,
                          read_frames=read, image_size=size,
                          description=f"{root} ({len(video_ids)} videos, {len(queries)} queries)",
-                         dataset_ids=dataset_ids)
+                         dataset_ids=dataset_ids, val_query_ids=val_queries,
+                         val_annotation=val_annotation)
 
 
 def load_collection(config: ml_collections.ConfigDict) -> VideoCollection:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vtd.errors import UserError
 from vtd.uts import models
 from vtd.uts import weights
 
@@ -40,8 +41,41 @@ def teacher_input(frames: jax.Array, size: int) -> jax.Array:
   return x
 
 
-def init_teacher(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Teacher variables (PCA FC still unfitted): converted weights, or a seeded random init."""
+def _template(module, size: int, **kwargs) -> dict[str, Any]:
+  """Variable shapes of `module` (nothing is computed)."""
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  return dict(jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **kwargs), x))
+
+
+def check_weight_files(config: ml_collections.ConfigDict) -> list[str]:
+  """Validates every configured weight file before any stage runs; returns the files checked.
+
+  Each file is read and matched against the configured model (keys, shapes, float dtype,
+  finite values: `weights._load`), so a wrong or corrupt file is reported in seconds instead
+  of after the teacher stage. A UserError names the file, the key and the fix.
+  """
+  checked = []
+  if config.teacher.weights:
+    weights.load_resnet50_npz(config.teacher.weights,
+                              _template(build_teacher(config), config.teacher.image_size),
+                              scope=("backbone",))
+    checked.append(config.teacher.weights)
+  if config.student.weights:
+    weights.load_vgg16_npz(config.student.weights,
+                           _template(build_student(config), config.data.image_size, train=False),
+                           scope=("backbone",))
+    checked.append(config.student.weights)
+  return checked
+
+
+def init_teacher(config: ml_collections.ConfigDict,
+                 pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Teacher variables (PCA FC still unfitted).
+
+  The backbone comes from `config.teacher.weights` (converted ImageNet weights) if set, else
+  from `pretrained` ({'params', 'batch_stats'} of a `models.ResNet50`, the source-domain
+  pretraining), else from a random init seeded by `config.teacher.init_seed`.
+  """
   teacher = build_teacher(config)
   size = config.teacher.image_size
   variables = teacher.init(jax.random.key(config.teacher.init_seed),
@@ -50,14 +84,35 @@ def init_teacher(config: ml_collections.ConfigDict) -> dict[str, Any]:
   if config.teacher.weights:
     variables = weights.load_resnet50_npz(config.teacher.weights, variables,
                                           scope=("backbone",))
+  elif pretrained is not None:
+    for col in ("params", "batch_stats"):
+      want = jax.tree.map(jnp.shape, variables[col]["backbone"])
+      got = jax.tree.map(jnp.shape, pretrained[col])
+      if want != got:
+        raise UserError("the pretrained ResNet-50 does not match teacher.width: delete the "
+                        "pretraining cache entry or fix the config")
+      variables[col] = {**variables[col],
+                        "backbone": jax.tree.map(jnp.asarray, pretrained[col])}
   return variables
 
 
-def init_student(config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
+def init_student(config: ml_collections.ConfigDict, rng: jax.Array,
+                 pretrained: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Student variables: VGG16 blocks 1-4 from `config.student.weights` (converted ImageNet
+  VGG16) if set, else from `pretrained` (the source-domain pretraining's VGG16), else random;
+  the UTS head always starts from its random init (it replaces block 5)."""
   size = config.data.image_size
   variables = dict(build_student(config).init(rng, jnp.zeros((2, size, size, 3)), train=False))
   if config.student.weights:
     variables = weights.load_vgg16_npz(config.student.weights, variables, scope=("backbone",))
+  elif pretrained is not None:
+    backbone = dict(variables["params"]["backbone"])
+    for name, leaves in pretrained["params"].items():
+      if name.startswith("features_"):
+        if jax.tree.map(jnp.shape, leaves) != jax.tree.map(jnp.shape, backbone[name]):
+          raise UserError(f"the pretrained VGG16's {name} does not match student.width")
+        backbone[name] = jax.tree.map(jnp.asarray, leaves)
+    variables["params"] = {**variables["params"], "backbone": backbone}
   return variables
 
 
@@ -73,7 +128,7 @@ def teacher_embed_fn(config: ml_collections.ConfigDict, variables: dict[str, Any
   without whitening (the paper's "ResNet50 + R-MAC" rows): the PCA FC was fitted on pooled
   features f, not on L2-normalised region vectors, so applying it per region (classic R-MAC)
   would map every region near the constant -mean W. `whiten=False` returns the raw pooled f
-  (for fitting the PCA).
+  as 'gap' (for fitting the PCA).
   """
   teacher = build_teacher(config)
   size = config.teacher.image_size
@@ -86,8 +141,7 @@ def teacher_embed_fn(config: ml_collections.ConfigDict, variables: dict[str, Any
     fmap = teacher.backbone.apply(_sub(variables, "backbone"), x, train=False)
     pooled = models.pool_features(fmap, config.teacher.pool, levels)
     out = {"gap": models.apply_pca_whitening(pooled, *pca) if whiten else pooled}
-    if whiten:
-      out["rmac"] = models.rmac(fmap, levels)
+    out["rmac"] = models.rmac(fmap, levels)
     return out
 
   return embed

@@ -24,8 +24,10 @@ from vtd.evaluators import fivr as fivr_eval
 from vtd.search import frame_level
 from vtd.search import hamming
 from vtd.search import lsh as lsh_lib
+from vtd.errors import UserError
 from vtd.uts import extract as extract_lib
 from vtd.uts import input_pipeline
+from vtd.uts import models
 
 METHODS = ("GV", "RMAC+GV", "FRP")
 
@@ -46,7 +48,8 @@ def _timed(fn):
 
 
 def _frp(config: ml_collections.ConfigDict, codes: np.ndarray, frame_video: np.ndarray,
-         query_rows: np.ndarray, collection: input_pipeline.VideoCollection
+         query_rows: np.ndarray, query_ids: list[str],
+         collection: input_pipeline.VideoCollection
          ) -> tuple[dict[str, dict[str, float]], float]:
   rcfg = config.retrieval
   index = hamming.make_index(rcfg.backend, config.lsh.nbits, rcfg.index)
@@ -59,59 +62,87 @@ def _frp(config: ml_collections.ConfigDict, codes: np.ndarray, frame_video: np.n
   is_query_frame = query_of_video[frame_video] >= 0
   return _timed(lambda: frame_level.frame_level_similarities(
       index, frame_video, collection.video_ids, codes[is_query_frame],
-      query_of_video[frame_video[is_query_frame]], collection.query_ids,
+      query_of_video[frame_video[is_query_frame]], query_ids,
       nbits=config.lsh.nbits, top_n=rcfg.top_n, exclude_self=rcfg.exclude_self,
       batch_frames=rcfg.batch_frames))
+
+
+def whiten_frames(features: np.ndarray, num_fit: int, seed: int, dim: int = 0) -> np.ndarray:
+  """PCA-whitening of frame descriptors fitted on (a sample of) the database's own frames, then
+  L2: [F, D] -> [F, D'], D' = the `dim` leading components (0 = min(D, rank)). Unsupervised, like the teacher's PCA (eqs. 1-3);
+  the classic R-MAC pipeline whitens its descriptors the same way (reference §A.3)."""
+  rng = np.random.default_rng(seed)
+  rows = rng.permutation(len(features))[:num_fit or len(features)]
+  dim = min(dim or features.shape[1], features.shape[1], len(rows) - 1)
+  w, b = models.fit_pca_whitening(features[rows], dim, eps=1e-6)
+  out = (features.astype(np.float64) @ w + b).astype(np.float32)
+  return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 def evaluate_models(config: ml_collections.ConfigDict,
                     collection: input_pipeline.VideoCollection,
                     features: dict[str, extract_lib.FrameFeatures], out_dir: str
                     ) -> dict[str, Any]:
-  """Scores every (model, method) on the FIVR tasks; writes the LSH and result files."""
+  """Scores every (model, method) on the FIVR tasks; writes the LSH and result files.
+
+  Test and validation queries are scored in one pass (query time: per query over both);
+  each row has "test" (the test queries and annotation) and, when the collection has
+  validation queries, "val" (theirs). Result files hold the test queries only.
+  """
   position = {v: i for i, v in enumerate(collection.video_ids)}
-  missing = [q for q in collection.query_ids if q not in position]
+  query_ids = list(collection.query_ids) + list(collection.val_query_ids)
+  missing = [q for q in query_ids if q not in position]
   if missing:
     raise ValueError(f"queries not in the database: {missing[:5]}")
-  query_rows = np.array([position[q] for q in collection.query_ids], np.int64)
+  query_rows = np.array([position[q] for q in query_ids], np.int64)
   num_videos = len(collection)
+  splits = {"test": (collection.query_ids, collection.annotation)}
+  if collection.val_query_ids:
+    splits["val"] = (collection.val_query_ids, collection.val_annotation)
   out: dict[str, Any] = {}
   for model, feats in features.items():
     fv = feats.frame_video
     frames_per_video = fv.size / max(1, len(np.unique(fv)))
+    rmac = feats.features["rmac"]
+    if config.retrieval.rmac_whitening == "pca":
+      rmac = whiten_frames(rmac, config.retrieval.rmac_whitening_frames, config.seed,
+                           config.retrieval.rmac_whitening_dim)
+    elif config.retrieval.rmac_whitening != "none":
+      raise UserError(f"config.retrieval.rmac_whitening must be none|pca, got "
+                      f"{config.retrieval.rmac_whitening!r}")
     sims = {}
     timing = {}
-    for method, key in (("GV", "gap"), ("RMAC+GV", "rmac")):
-      dense, seconds = _gv(feats.features[key], fv, query_rows, num_videos)
-      sims[method] = frame_level.similarity_dict(dense, collection.query_ids,
-                                                 collection.video_ids)
+    for method, frame_features in (("GV", feats.features["gap"]), ("RMAC+GV", rmac)):
+      dense, seconds = _gv(frame_features, fv, query_rows, num_videos)
+      sims[method] = frame_level.similarity_dict(dense, query_ids, collection.video_ids)
       timing[method] = seconds
-    rmac = feats.features["rmac"]
     lsh = lsh_lib.fit_lsh(config.seed, rmac.shape[1], config.lsh.nbits,
                           rotate=config.lsh.rotate,
                           train_thresholds=config.lsh.train_thresholds, train_features=rmac)
     lsh_lib.save_lsh(os.path.join(out_dir, f"{model}_lsh.npz"), lsh)
     codes = lsh_lib.encode(rmac, lsh)
-    sims["FRP"], timing["FRP"] = _frp(config, codes, fv, query_rows, collection)
+    sims["FRP"], timing["FRP"] = _frp(config, codes, fv, query_rows, query_ids, collection)
     storage = {"GV": 4 * feats.features["gap"].shape[1],
-               "RMAC+GV": 4 * rmac.shape[1],
+               "RMAC+GV": 4 * rmac.shape[1],  # After whitening, if any.
                "FRP": lsh.code_size * frames_per_video}
     for method in METHODS:
-      artifacts.write_json_atomic(os.path.join(out_dir, f"{model}_{method}_results.json"),
-                                  sims[method])
-      res = fivr_eval.evaluate_fivr(sims[method], collection.annotation,
-                                    collection.dataset_ids)
-      out[f"{model}/{method}"] = {
-          "test": {task: 100 * v for task, v in res.map.items()},
-          "queries": res.num_queries,
-          "storage_bytes_per_video": float(storage[method]),
-          "query_ms_per_video": 1000 * timing[method] / len(query_rows)}
+      row = {"storage_bytes_per_video": float(storage[method]),
+             "query_ms_per_video": 1000 * timing[method] / len(query_rows)}
+      for split, (queries, annotation) in splits.items():
+        split_sims = {q: sims[method][q] for q in queries}
+        if split == "test":
+          artifacts.write_json_atomic(
+              os.path.join(out_dir, f"{model}_{method}_results.json"), split_sims)
+        res = fivr_eval.evaluate_fivr(split_sims, annotation, collection.dataset_ids)
+        row[split] = {task: 100 * v for task, v in res.map.items()}
+        row["queries" if split == "test" else "val_queries"] = res.num_queries
+      out[f"{model}/{method}"] = row
   return out
 
 
 def format_results(results: dict[str, Any], workdir: str) -> str:
   """The Table 1 + Table 3 shaped markdown table of one run."""
-  lines = [f"UTS FIVR mAP ({workdir})", "",
+  lines = [f"UTS FIVR mAP, test queries (validation in brackets) ({workdir})", "",
            "| method | model | DSVR | CSVR | ISVR | bytes/video | query ms/video |",
            "|---|---|---|---|---|---|---|"]
   for method in METHODS:
@@ -119,8 +150,8 @@ def format_results(results: dict[str, Any], workdir: str) -> str:
       model, _, m = name.partition("/")
       if m != method:
         continue
-      t = res["test"]
-      lines.append(f"| {method} | {model} | {t['DSVR']:.1f} | {t['CSVR']:.1f} | "
-                   f"{t['ISVR']:.1f} | {res['storage_bytes_per_video']:.0f} | "
-                   f"{res['query_ms_per_video']:.2f} |")
+      t, v = res["test"], res.get("val")
+      cells = [f"{t[k]:.1f}" + (f" ({v[k]:.1f})" if v else "") for k in ("DSVR", "CSVR", "ISVR")]
+      lines.append(f"| {method} | {model} | {' | '.join(cells)} | "
+                   f"{res['storage_bytes_per_video']:.0f} | {res['query_ms_per_video']:.2f} |")
   return "\n".join(lines)

@@ -20,13 +20,19 @@ its modules that way); conv kernel [kh, kw, I, O] <- weight.transpose(2, 3, 1, 0
 <- bias, BatchNorm scale / bias / mean / var <- weight / bias / running_mean / running_var.
 `num_batches_tracked` is ignored, and so are the parts the UTS models drop: ResNet's `fc.*`,
 VGG16's block 5 (`features.24/26/28.*`, replaced by the UTS head, which keeps its random init)
-and `classifier.*`. Any other difference (missing key, unexpected key, shape) is a UserError
-naming the file and the key.
+and `classifier.*`. Any other difference (missing key, unexpected key, shape, a non-float dtype,
+NaN or inf values) is a UserError naming the file and the key.
+
+A `torch.save` file (`.pth` / `.pt`: a zip holding `<name>/data.pkl`, or the legacy pickle
+that starts with torch's magic number) is recognised and named as such, with the conversion
+to run; vtd does not unpickle it (unpickling runs code). `check_weight_files` validates every
+configured file against the configured models before any stage runs.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
@@ -73,9 +79,37 @@ def torch_name(collection: str, path: Sequence[str]) -> str:
   return f"{module}.{_TORCH_LEAF[(collection, path[-1])]}"
 
 
+# torch.serialization's legacy format begins with this number, pickled with protocol 2.
+_TORCH_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+_CONVERT_HINT = ("convert it to an .npz of its state_dict on a machine with torch: "
+                 "np.savez(out, **{k: v.numpy() for k, v in torch.load(path).items()})")
+
+
+def torch_save_format(path: str) -> str | None:
+  """'zip' or 'legacy' if `path` is a torch.save file, else None (reads only headers)."""
+  with open(path, "rb") as f:
+    head = f.read(len(_TORCH_LEGACY_MAGIC))
+  if head == _TORCH_LEGACY_MAGIC:
+    return "legacy"
+  if zipfile.is_zipfile(path):
+    try:
+      with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+      return None
+    # torch's zip writer puts every record under one folder: <name>/data.pkl, <name>/data/0...
+    if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+      return "zip"
+  return None
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise UserError(f"{path}: weights file not found (see vtd/uts/weights.py for how to make it)")
+  kind = torch_save_format(path)
+  if kind:
+    raise UserError(f"{path}: a torch.save file ({'zip' if kind == 'zip' else 'legacy pickle'} "
+                    f"format), not an .npz of arrays: {_CONVERT_HINT}")
   try:
     with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
@@ -132,6 +166,13 @@ def _load(path: str, template: dict, scope: Sequence[str], what: str,
     if arr.shape != want:
       raise UserError(f"{path}: key {key!r} has shape {arr.shape}, the model expects {want} "
                       f"(torch layout; is the model's width that of the checkpoint?)")
+    if not np.issubdtype(arr.dtype, np.floating):
+      raise UserError(f"{path}: key {key!r} has dtype {arr.dtype}, the model expects floating "
+                      f"point values (was the file written from a state_dict's tensors?)")
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+      raise UserError(f"{path}: key {key!r} has {bad} NaN or inf values of {arr.size}: the "
+                      f"checkpoint is corrupt")
     new[collection][p] = jnp.asarray(oihw_to_hwio(arr) if is_conv else arr, leaf.dtype)
 
   for collection, leaves in new.items():
