@@ -45,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.test_classes = ""
   # YouTube-Objects annotated frames: all | train | test (vtd/data/youtube_objects.py).
   config.data.test_split = "all"
+  # Held-out splits of the synthetic data that are scored: val (held-out videos on which every
+  # default not fixed by the papers was chosen) and test (the reported numbers; never used to
+  # choose anything). A real test set (test_set above) has no val split.
+  config.data.eval_splits = "val,test"
   # Where generated data are cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"
   # Working size S of the students (square); frames and masks are resized to it.
@@ -55,13 +59,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Generator parameters (vtd/data/synthetic_video.py documents the model).
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0,  # Dataset seed (fixed across training seeds).
-      num_train_videos=48,  # Unlabelled training videos.
-      num_test_videos=16,  # Held-out videos the test images come from.
-      min_frames=32,  # Frames per video: between min and max.
-      max_frames=48,
+      num_train_videos=96,  # Unlabelled training videos.
+      num_val_videos=16,  # Held-out videos for choosing defaults (val images).
+      num_test_videos=32,  # Held-out videos the test images come from.
+      min_frames=24,  # Frames per video: between min and max.
+      max_frames=40,
       height=64,  # Frame size in pixels.
       width=80,
-      test_frames_per_video=6,  # Test images sampled per test video.
+      test_frames_per_video=6,  # Held-out images sampled per val / test video.
+      size_scale=1.0,  # Object box areas x this (1: YouTube-Objects-like; docs/segmentation.md).
   ))
 
   config.teacher = ml_collections.ConfigDict()
@@ -118,11 +124,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # students trained on them over-segment (seed 0, J of gen-2 DilateU-Net 36.4 vs 60.4 with
   # minmax; README "Segmentation").
   config.multinet.normalisation = "minmax"
+  # student_scale: a student's scale is this quantile of its per-image output maxima over the
+  # training frames (not from the paper).
+  config.multinet.scale_quantile = 0.9
+  # Multi-Net = the pixel-wise product of the students' masks (the paper); geometric_mean takes
+  # its S-th root before thresholding and as the EvalSeg-Net label (not from the paper).
+  config.multinet.combine = "product"
 
   config.evalseg = ml_collections.ConfigDict()
   # EvalSeg-Net widths (reference: 256/64/512) and head (sigmoid: regress cos in [0, 1]).
   config.evalseg.model = ml_collections.ConfigDict(dict(features=16, bottleneck=8, hidden=64,
                                                         head="sigmoid"))
+  # Input size (square) of EvalSeg-Net; 0 = the students' size. The reference feeds it 128 x 128
+  # while the U-Nets work at 256, i.e. half the students' size.
+  config.evalseg.image_size = 0
   # Labels are label_scale x cos(student mask, Multi-Net mask) (1 with the sigmoid head).
   config.evalseg.label_scale = 1.0
   # Fraction of training frames whose student masks train EvalSeg-Net (not from the paper);
@@ -166,8 +181,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Two students keep the run compile-light (CPU smoke runs are compile-bound); Multi-Net,
     # EvalSeg-Net and generation 2 still run.
     config.students.names = "lowres_net,basic_unet"
-    config.data.synthetic.update(num_train_videos=8, num_test_videos=4, min_frames=12,
-                                 max_frames=16)
+    config.data.synthetic.update(num_train_videos=8, num_val_videos=2, num_test_videos=4,
+                                 min_frames=12, max_frames=16)
     config.data.image_size = 32
     config.student_training.num_steps = 20
     config.student_training.batch_size = 8
