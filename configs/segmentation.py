@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0,  # Dataset seed (fixed across training seeds).
       num_train_videos=96,  # Unlabelled training videos.
-      num_val_videos=16,  # Held-out videos for choosing defaults (val images).
+      num_val_videos=32,  # Held-out videos for choosing defaults (val images).
       num_test_videos=32,  # Held-out videos the test images come from.
       min_frames=24,  # Frames per video: between min and max.
       max_frames=40,
@@ -90,6 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Generation 1 keeps this fraction of frames, ranked globally by the mean of the non-zero
   # teacher values (10 %: the paper's Table 1).
   config.selection.keep_fraction = 0.10
+  # Ranking scope: global (one ranking over all frames) | per_video (the top keep_fraction of
+  # each video). Not in the papers (reference §8 #5).
+  config.selection.scope = "global"
 
   config.students = ml_collections.ConfigDict()
   # Comma-separated students trained at every generation (Multi-Net multiplies all of them).
@@ -110,6 +113,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # batches beat fewer, larger ones (seed 0, BasicU-Net, test J: 300 x 16 -> 22.0,
   # 1000 x 16 -> 59.1, 500 x 8 -> 60.2, 800 x 8 -> 64.1; README "Segmentation").
   config.student_training.num_steps = 600
+  # Per-student step counts (0 = num_steps); the public code trains each architecture for its
+  # own number of steps (LowRes-Net 1 M, DilateU-Net / DenseU-Net 100 k, BasicU-Net 10 k).
+  config.student_training.steps_per_student = ml_collections.ConfigDict(dict(
+      lowres_net=0, fconv=0, basic_unet=0, dilate_unet=0, dense_unet=0))
   config.student_training.batch_size = 8
   # Targets are soft masks x target_scale (public code: 0..255 with ReLU heads).
   config.student_training.target_scale = 255.0
@@ -155,6 +162,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evalseg.selection = "top_fraction"
   config.evalseg.threshold = 0.8
   config.evalseg.keep_fraction = 0.10
+  # Ranking scope of top_fraction: global | per_video (not in the papers).
+  config.evalseg.scope = "global"
 
   # Generic loop (vtd/train.py): unsupervised, so no validation; the last step is kept.
   config.train = common.training_loop(batch_size=16, num_epochs=1)

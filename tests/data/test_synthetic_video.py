@@ -182,7 +182,7 @@ def test_default_spec_size_and_generation_time():
   print(f"default synthetic video spec: {len(d.train)} train videos, {frames} frames, "
         f"{len(d.val)} val and {len(d.test)} test images, generated in {elapsed:.2f} s")
   assert len(d.train) == 96 and 96 * 24 <= frames <= 96 * 40
-  assert d.train[0].frames.shape[1:] == (64, 80, 3) and len(d.test) == 192 and len(d.val) == 96
+  assert d.train[0].frames.shape[1:] == (64, 80, 3) and len(d.test) == 192 and len(d.val) == 192
 
 
 def test_object_statistics_follow_youtube_objects():

@@ -99,3 +99,18 @@ def test_multinet_geometric_mean_keeps_the_product_order():
   np.testing.assert_allclose(selection.multinet(same), 0.125)
   with pytest.raises(UserError, match="combine"):
     selection.multinet(masks, "mean")
+
+
+def test_per_video_scope_keeps_every_video():
+  scores = np.array([0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.05, 0.3])
+  videos = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+  np.testing.assert_array_equal(selection.keep_best(scores, 0.5, "global", videos), [0, 1, 2, 3])
+  kept = selection.keep_best(scores, 0.5, "per_video", videos)
+  np.testing.assert_array_equal(kept, [0, 1, 7, 5, 4])  # 2 of 4, 2 of 3 (1.5 rounds to 2), 1 of 1.
+  assert set(videos[kept]) == {0, 1, 2}
+  assert len(selection.keep_best(scores, 0.1, "per_video", videos, minimum=5)) == 5
+  np.testing.assert_array_equal(
+      selection.choose(scores, "top_fraction", 0.8, 0.5, 1, scope="per_video", groups=videos),
+      kept)
+  with pytest.raises(UserError, match="scope"):
+    selection.keep_best(scores, 0.5, "per_class", videos)

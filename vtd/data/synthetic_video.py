@@ -101,7 +101,7 @@ class SyntheticVideoSpec:
   """
   seed: int = 0
   num_train_videos: int = 96
-  num_val_videos: int = 16  # Held out, for choosing defaults.
+  num_val_videos: int = 32  # Held out, for choosing defaults.
   num_test_videos: int = 32  # Held out, for the reported metrics only.
   min_frames: int = 24  # Video length T ~ Uniform{min_frames..max_frames}.
   max_frames: int = 40

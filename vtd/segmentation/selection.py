@@ -5,7 +5,8 @@ here, exposed in `configs/segmentation.py` (the measurements behind each default
 docs/segmentation.md).
 
 * **Generation 1** (§3.1): rank every training frame by the mean of the non-zero values of its
-  VideoPCA soft mask and keep the global top `keep_fraction` (10 %: Table 1).
+  VideoPCA soft mask and keep the top `keep_fraction` (10 %: Table 1), globally or within
+  each video (the ranking scope is not in the papers, §8 #5).
 * **Student output -> [0, 1] mask** (`normalise`): what turns a student's raw regression output
   (in target units / target_scale, so 1 = 255) into a soft mask for Multi-Net, EvalSeg-Net and
   the next generation's labels. The public inference script clips at 255 and byte-scales the
@@ -16,8 +17,9 @@ docs/segmentation.md).
 * **EvalSeg-Net's training set** (§3.2, §8 #13): the masks of every student on a random subset
   of the training frames, labelled by cos(mask, Multi-Net mask); the other frames are scored.
 * **Generation >= 2** (§3.2): keep the candidate masks whose EvalSeg-Net score is >= a
-  threshold (the public README: 80 of 100) or the global top `keep_fraction`; each kept mask
-  becomes a label of its frame, so a frame can contribute one pair per student.
+  threshold (the public README: 80 of 100) or the top `keep_fraction`, globally or within each
+  video; each kept mask becomes a label of its frame, so a frame can contribute one pair per
+  student.
 
 Shapes: F frames, S students, [*, s, s] masks at the working size.
 """
@@ -33,6 +35,7 @@ from vtd.errors import UserError
 NORMALISATIONS = ("minmax", "div_scale_clip", "student_scale")
 SELECTIONS = ("threshold", "top_fraction")
 COMBINES = ("product", "geometric_mean")
+SCOPES = ("global", "per_video")
 
 
 # ----------------------------------------------------------------------------- scores, masks
@@ -55,6 +58,35 @@ def top_fraction(scores: np.ndarray, fraction: float, minimum: int = 1) -> np.nd
     raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
   k = min(scores.size, max(minimum, int(round(fraction * scores.size))))
   return np.argsort(-scores, kind="stable")[:k]
+
+
+def top_fraction_per_group(scores: np.ndarray, groups: np.ndarray, fraction: float,
+                           minimum: int = 1) -> np.ndarray:
+  """The highest `fraction` of scores within each group (e.g. video), at least one per group
+  with members; best first overall (stable), at least `minimum` in total."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
+  groups = np.asarray(groups)
+  keep = []
+  for g in np.unique(groups):
+    members = np.flatnonzero(groups == g)
+    k = max(1, int(round(fraction * members.size)))
+    keep.append(members[np.argsort(-scores[members], kind="stable")[:k]])
+  keep = np.concatenate(keep)
+  if keep.size < minimum:  # Top up from the global ranking.
+    rest = np.setdiff1d(np.argsort(-scores, kind="stable"), keep, assume_unique=True)
+    keep = np.concatenate([keep, rest[:minimum - keep.size]])
+  return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def keep_best(scores: np.ndarray, fraction: float, scope: str, groups: np.ndarray,
+              minimum: int = 1) -> np.ndarray:
+  """`top_fraction` over everything (scope "global") or within each group ("per_video")."""
+  if scope == "global":
+    return top_fraction(scores, fraction, minimum)
+  if scope == "per_video":
+    return top_fraction_per_group(scores, groups, fraction, minimum)
+  raise UserError(f"selection scope must be one of {SCOPES}, got {scope!r}")
 
 
 def student_scale(raw: np.ndarray, quantile: float) -> float:
@@ -166,7 +198,8 @@ def cosine_labels(cand: Candidates, multi: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- generation >= 2
 
 def choose(scores: np.ndarray, rule: str, threshold: float, keep_fraction: float,
-           minimum: int) -> np.ndarray:
+           minimum: int, scope: str = "global", groups: np.ndarray | None = None
+           ) -> np.ndarray:
   """Indices of the kept candidates, best first.
 
   Args:
@@ -174,12 +207,15 @@ def choose(scores: np.ndarray, rule: str, threshold: float, keep_fraction: float
     rule: "threshold" (score >= threshold) or "top_fraction" (the best keep_fraction).
     threshold, keep_fraction: the rule's parameter.
     minimum: fewer kept masks than this (a batch) is a UserError.
+    scope: for "top_fraction": "global" ranking, or "per_video" (the best keep_fraction of
+      each video's candidates; `groups` [N] gives the videos).
+    groups: [N] video of each candidate (for scope "per_video").
   """
   if rule == "threshold":
     order = np.argsort(-scores, kind="stable")
     chosen = order[scores[order] >= threshold]
   elif rule == "top_fraction":
-    chosen = top_fraction(scores, keep_fraction)
+    chosen = keep_best(scores, keep_fraction, scope, groups)
   else:
     raise UserError(f"config.evalseg.selection must be one of {SELECTIONS}, got {rule!r}")
   if chosen.size < minimum:

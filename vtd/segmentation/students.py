@@ -61,6 +61,11 @@ def _resize_like(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   return jax.image.resize(x, x.shape[:1] + tuple(hw) + x.shape[3:], "bilinear")
 
 
+def student_steps(scfg: ml_collections.ConfigDict, student: str) -> int:
+  """Training steps of `student`: its entry in `steps_per_student`, or `num_steps` if 0."""
+  return int(scfg.steps_per_student.get(student, 0) or scfg.num_steps)
+
+
 def student_program(name: str, model, images: np.ndarray, targets: np.ndarray,
                     config: ml_collections.ConfigDict, seed: int) -> train_lib.Program:
   """Regression of soft-mask targets [P, A, A] in [0, 1] from frames [P, A, A, 3] uint8."""
@@ -85,7 +90,7 @@ def student_program(name: str, model, images: np.ndarray, targets: np.ndarray,
       optimizer=optim.create_optimizer(config.optim, steps_per_epoch=1),
       train_iter=_crop_iterator(images, targets, crop=crop, batch_size=scfg.batch_size,
                                 seed=seed),
-      num_steps=scfg.num_steps)
+      num_steps=student_steps(scfg, name.split("/")[-1]))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))

@@ -108,7 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       table.save(table_path)
       for split, masks in held_out.items():
         np.save(held_out_path(stage_dir, split, "masks"), masks)
-    keep = selection.top_fraction(table.scores, config.selection.keep_fraction)
+    keep = selection.keep_best(table.scores, config.selection.keep_fraction,
+                               config.selection.scope, table.video_index)
     gt = table.gt_masks
     return {**metrics_of(held_out), "train_data": train.summary(),
             "selection": {"all": _selection_quality(table.teacher, gt),
@@ -121,8 +122,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   frames_s = frames_lib.resize_images(table.images, size)
   gt_s = None if table.gt_masks is None else frames_lib.resize_masks(
       table.gt_masks.astype(np.float32), (size, size)) > 0.5
-  keep = selection.top_fraction(table.scores, config.selection.keep_fraction,
-                                minimum=config.student_training.batch_size)
+  keep = selection.keep_best(table.scores, config.selection.keep_fraction,
+                            config.selection.scope, table.video_index,
+                            minimum=config.student_training.batch_size)
   train_images, train_targets = table.images[keep], table.teacher[keep]
   shown = {"videopca_teacher": {s: np.load(held_out_path(teacher_dir, s, "masks"))
                                 for s in eval_sets
@@ -211,7 +213,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results[f"gen{gen}/evalseg"] = stages.run_stage(evalseg_dir, run_evalseg)
     scores = np.load(os.path.join(evalseg_dir, "scores.npy"))
     chosen = selection.choose(scores, config.evalseg.selection, config.evalseg.threshold,
-                              config.evalseg.keep_fraction, config.student_training.batch_size)
+                              config.evalseg.keep_fraction, config.student_training.batch_size,
+                              scope=config.evalseg.scope,
+                              groups=table.video_index[score_cand.frame_of])
     frame_ids = score_cand.frame_of[chosen]
     a = table.images.shape[1]
     train_images = table.images[frame_ids]
