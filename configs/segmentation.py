@@ -45,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.test_classes = ""
   # YouTube-Objects annotated frames: all | train | test (vtd/data/youtube_objects.py).
   config.data.test_split = "all"
+  # Held-out splits of the synthetic data that are scored: val (held-out videos on which every
+  # default not fixed by the papers was chosen) and test (the reported numbers; never used to
+  # choose anything). A real test set (test_set above) has no val split.
+  config.data.eval_splits = "val,test"
   # Where generated data are cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"
   # Working size S of the students (square); frames and masks are resized to it.
@@ -55,13 +59,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Generator parameters (vtd/data/synthetic_video.py documents the model).
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0,  # Dataset seed (fixed across training seeds).
-      num_train_videos=48,  # Unlabelled training videos.
-      num_test_videos=16,  # Held-out videos the test images come from.
-      min_frames=32,  # Frames per video: between min and max.
-      max_frames=48,
+      num_train_videos=96,  # Unlabelled training videos.
+      num_val_videos=32,  # Held-out videos for choosing defaults (val images).
+      num_test_videos=32,  # Held-out videos the test images come from.
+      min_frames=24,  # Frames per video: between min and max.
+      max_frames=40,
       height=64,  # Frame size in pixels.
       width=80,
-      test_frames_per_video=6,  # Test images sampled per test video.
+      test_frames_per_video=6,  # Held-out images sampled per val / test video.
+      size_scale=1.0,  # Object box areas x this (1: YouTube-Objects-like; docs/segmentation.md).
   ))
 
   config.teacher = ml_collections.ConfigDict()
@@ -84,6 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Generation 1 keeps this fraction of frames, ranked globally by the mean of the non-zero
   # teacher values (10 %: the paper's Table 1).
   config.selection.keep_fraction = 0.10
+  # Ranking scope: global (one ranking over all frames) | per_video (the top keep_fraction of
+  # each video). Not in the papers (reference §8 #5).
+  config.selection.scope = "global"
 
   config.students = ml_collections.ConfigDict()
   # Comma-separated students trained at every generation (Multi-Net multiplies all of them).
@@ -104,6 +113,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # batches beat fewer, larger ones (seed 0, BasicU-Net, test J: 300 x 16 -> 22.0,
   # 1000 x 16 -> 59.1, 500 x 8 -> 60.2, 800 x 8 -> 64.1; README "Segmentation").
   config.student_training.num_steps = 600
+  # Per-student step counts (0 = num_steps); the public code trains each architecture for its
+  # own number of steps (LowRes-Net 1 M, DilateU-Net / DenseU-Net 100 k, BasicU-Net 10 k).
+  config.student_training.steps_per_student = ml_collections.ConfigDict(dict(
+      lowres_net=0, fconv=0, basic_unet=0, dilate_unet=0, dense_unet=0))
   config.student_training.batch_size = 8
   # Targets are soft masks x target_scale (public code: 0..255 with ReLU heads).
   config.student_training.target_scale = 255.0
@@ -118,11 +131,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # students trained on them over-segment (seed 0, J of gen-2 DilateU-Net 36.4 vs 60.4 with
   # minmax; README "Segmentation").
   config.multinet.normalisation = "minmax"
+  # student_scale: a student's scale is this quantile of its per-image output maxima over the
+  # training frames (not from the paper).
+  config.multinet.scale_quantile = 0.9
+  # Multi-Net = the pixel-wise product of the students' masks (the paper); geometric_mean takes
+  # its S-th root before thresholding and as the EvalSeg-Net label (not from the paper).
+  config.multinet.combine = "product"
 
   config.evalseg = ml_collections.ConfigDict()
   # EvalSeg-Net widths (reference: 256/64/512) and head (sigmoid: regress cos in [0, 1]).
   config.evalseg.model = ml_collections.ConfigDict(dict(features=16, bottleneck=8, hidden=64,
                                                         head="sigmoid"))
+  # Input size (square) of EvalSeg-Net; 0 = the students' size. The reference feeds it 128 x 128
+  # while the U-Nets work at 256, i.e. half the students' size.
+  config.evalseg.image_size = 0
   # Labels are label_scale x cos(student mask, Multi-Net mask) (1 with the sigmoid head).
   config.evalseg.label_scale = 1.0
   # Fraction of training frames whose student masks train EvalSeg-Net (not from the paper);
@@ -140,6 +162,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evalseg.selection = "top_fraction"
   config.evalseg.threshold = 0.8
   config.evalseg.keep_fraction = 0.10
+  # Ranking scope of top_fraction: global | per_video (not in the papers).
+  config.evalseg.scope = "global"
 
   # Generic loop (vtd/train.py): unsupervised, so no validation; the last step is kept.
   config.train = common.training_loop(batch_size=16, num_epochs=1)
@@ -166,8 +190,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Two students keep the run compile-light (CPU smoke runs are compile-bound); Multi-Net,
     # EvalSeg-Net and generation 2 still run.
     config.students.names = "lowres_net,basic_unet"
-    config.data.synthetic.update(num_train_videos=8, num_test_videos=4, min_frames=12,
-                                 max_frames=16)
+    config.data.synthetic.update(num_train_videos=8, num_val_videos=2, num_test_videos=4,
+                                 min_frames=12, max_frames=16)
     config.data.image_size = 32
     config.student_training.num_steps = 20
     config.student_training.batch_size = 8

@@ -116,7 +116,9 @@ def create_state(program: Program, mesh: Mesh, seed: int) -> TrainState:
   init_rng, state_rng = jax.random.split(jax.random.key(seed))
   repl = sharding.replicated(mesh)
 
-  def init(rng):
+  # Both keys are arguments, not closure constants: the compiled init is then the same for
+  # every seed, so the persistent compilation cache serves later seeds and stages.
+  def init(rng, state_rng):
     variables = program.init_variables(rng)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -124,7 +126,7 @@ def create_state(program: Program, mesh: Mesh, seed: int) -> TrainState:
                       opt_state=program.optimizer.init(params),
                       rng=jax.random.key_data(state_rng))
 
-  return jax.jit(init, out_shardings=repl)(init_rng)
+  return jax.jit(init, out_shardings=repl)(init_rng, state_rng)
 
 
 def _check_finite(step: int, measurements: Mapping[str, Any], last_good: int | None,

@@ -10,27 +10,10 @@ import pytest
 from configs import segmentation as seg_config
 from vtd import main as vtd_main
 from vtd import sharding
-from vtd.segmentation import frames as frames_lib
-from vtd.segmentation import students as students_lib
+from vtd.errors import UserError
+from vtd.segmentation import input_pipeline
 from vtd.segmentation import teacher as teacher_lib
 from vtd.segmentation import videopca
-
-
-def test_nonzero_mean_scores_and_top_fraction():
-  masks = np.zeros((3, 2, 2), np.float32)
-  masks[0] = [[0.0, 0.5], [1.0, 0.0]]  # mean of non-zero = 0.75
-  masks[1] = [[0.2, 0.2], [0.2, 0.2]]
-  np.testing.assert_allclose(frames_lib.nonzero_mean_scores(masks), [0.75, 0.2, 0.0])
-  assert list(frames_lib.top_fraction(np.array([0.1, 0.9, 0.5, 0.7]), 0.5)) == [1, 3]
-  assert list(frames_lib.top_fraction(np.array([0.1, 0.9]), 0.01, minimum=2)) == [1, 0]
-
-
-def test_multinet_product_and_cosine():
-  a = np.array([[[1.0, 0.5], [0.0, 1.0]]])
-  b = np.array([[[0.5, 1.0], [1.0, 1.0]]])
-  np.testing.assert_allclose(students_lib.multinet([a, b]), [[[0.5, 0.5], [0.0, 1.0]]])
-  np.testing.assert_allclose(students_lib.cosine(a, 3 * a), [1.0])
-  np.testing.assert_allclose(students_lib.cosine(a, np.zeros_like(a)), [0.0])
 
 
 def test_teacher_batching_equals_per_video():
@@ -48,7 +31,7 @@ def test_teacher_batching_equals_per_video():
 def tiny_config(tmp_path):
   config = seg_config.get_config("smoke")
   config.data.cache_dir = str(tmp_path / "cache")
-  config.data.synthetic.update(num_train_videos=8, num_test_videos=2)
+  config.data.synthetic.update(num_train_videos=8, num_val_videos=2, num_test_videos=2)
   config.students.names = "lowres_net,fconv"
   config.student_training.num_steps = 4
   config.evalseg.num_steps = 4
@@ -66,14 +49,31 @@ def test_pipeline_end_to_end_and_reuse(tmp_path):
               "gen1/evalseg", "gen2/lowres_net", "gen2/fconv", "gen2/multinet"]
   assert list(results) == expected
   for name in expected:
-    if "test" in results[name]:
-      t = results[name]["test"]
+    if name.endswith("evalseg"):
+      continue
+    for split in ("val", "test"):  # Both held-out splits are scored, separately.
+      t = results[name][split]
       assert 0 <= t["J"] <= 100 and 0 <= t["P"] <= 100 and 0 <= t["CorLoc"] <= 100
   kept = results["videopca_teacher"]["selection"]["kept"]
   assert kept["count"] == round(0.5 * results["videopca_teacher"]["selection"]["all"]["count"])
-  assert os.path.isfile(workdir / "overlays" / "gen2.png")
+  evalseg = results["gen1/evalseg"]
+  assert sum(evalseg["kept_per_student"].values()) == evalseg["selection"]["kept"]["count"]
+  assert set(evalseg["kept_per_student"]) == {"lowres_net", "fconv"}
+  for split in ("val", "test"):
+    assert os.path.isfile(workdir / "overlays" / f"{split}_gen2.png")
   with open(workdir / "results.json") as f:
     assert json.load(f)["gen2/fconv"] == results["gen2/fconv"]
   stamp = os.path.getmtime(workdir / "gen2" / "fconv" / "stage.json")
   assert vtd_main.run(config, str(workdir))["gen2/fconv"] == results["gen2/fconv"]
   assert os.path.getmtime(workdir / "gen2" / "fconv" / "stage.json") == stamp
+
+
+def test_eval_splits_are_validated(tmp_path):
+  config = tiny_config(tmp_path)
+  config.data.eval_splits = "val,train"
+  with pytest.raises(UserError, match="eval_splits"):
+    input_pipeline.load_eval_sets(config)
+  config.data.eval_splits = "val"
+  config.data.synthetic.update(num_train_videos=2, num_test_videos=1, num_val_videos=1)
+  sets = input_pipeline.load_eval_sets(config)
+  assert list(sets) == ["val"] and sets["val"].name == "synthetic/val"

@@ -1,20 +1,35 @@
 r"""Embedded foreground-segmentation video dataset, generated deterministically (no downloads).
 
-The default data of the segmentation pipeline (`shared/reference/segmentation.md`). VideoPCA
-(§1) assumes what real training videos (§5.1) mostly show: a background that a few principal
-directions of the frames reconstruct well, even under camera motion, and a small foreground that
-looks and moves differently; evaluation needs ground-truth masks (P/J, §5.3) and boxes (CorLoc,
-§5.2). A per-video difficulty makes the teacher fail on some videos (what selection is for).
+The default data of the segmentation pipeline (`shared/reference/segmentation.md`). What the
+method relies on, and how the generator provides it:
+
+* **A teacher that is noisy but informative.** VideoPCA (§1) assumes a background that a few
+  principal directions reconstruct well, even under camera motion, and a foreground that looks
+  and moves differently. A per-video difficulty d makes it fail on some videos (what selection
+  is for) through what defeats it: slow objects (absorbed by the principal directions), camera
+  motion over texture, off-centre objects (its centre prior), noise and some camouflage.
+* **An appearance prior a student can learn and the teacher lacks.** Every video shows objects
+  of one of 10 classes (`synthetic_video_objects`): a class fixes a shape family, a hue, a
+  texture and a size distribution, and videos of a class vary around them. A slow or
+  camouflaged object defeats the motion-based teacher, not a student that knows what the class
+  looks like; static soft blobs in the background look object-like to VideoPCA only when the
+  camera moves.
+* **Real test-set statistics** (sources in `synthetic_video_objects`): box area / frame area
+  spread like YouTube-Objects' (median 0.219; per-class medians 0.09-0.36), one object in 97 %
+  of the videos (YTO: 96.9 % of frames have one box) and central objects (YTO median box-centre
+  offset 0.127 of the frame). Measured on the default training videos: see
+  `docs/segmentation.md` ("Embedded data").
+* **Ground truth** for P/J (§5.3) and CorLoc (§5.2), and a **validation split** (held-out videos
+  with ground truth, never the test split) on which every unspecified default is chosen.
 
 Generative model
 ----------------
 Video v of split s draws everything from its own stream `SeedSequence([seed, s, v])`, so a
-video never depends on how many others are generated.
+video never depends on how many others are generated; the classes come from their own stream
+`SeedSequence([seed, 7, 7])`.
 
-* **Length and difficulty.** T ~ Uniform{min_frames..max_frames}; difficulty
-  d ~ Uniform[min_difficulty, max_difficulty]. d raises everything that defeats VideoPCA:
-  camouflage, off-centre objects (its centre prior), slow objects (absorbed by the principal
-  directions), camera motion over texture, and noise.
+* **Length, difficulty, class.** T ~ Uniform{min_frames..max_frames};
+  d ~ Uniform[min_difficulty, max_difficulty]; the class uniformly among the 10.
 * **Background.** A canvas larger than the frame: a 3-colour palette around a random hue,
   mixed by multi-scale smooth noise (bicubically upsampled Gaussian grids, cells of 2-32 px),
   plus one of: nothing (smooth), warped stripes (period 5-16 px, random orientation) or 6-16
@@ -23,20 +38,17 @@ video never depends on how many others are generated.
   U(0.3, 1) * (0.3 + 0.7 d) * camera_motion * W in a random direction, a 0.5-1.5 px hand-held
   wobble and a linear zoom from 1 to 1 + U(-camera_zoom, camera_zoom). Frames sample the canvas
   bilinearly; the camera path is returned as [T, 3] (canvas y, canvas x, zoom).
-* **Objects.** 1 + Binomial(max_objects - 1, extra_object_prob) objects, each with:
-  - shape (radial function r(phi) in object coordinates): ellipse, rounded polygon (3-6
-    sides blended with a circle) or blob (circle + harmonics 2-5), aspect ratio e^U(-.35,.35),
-    radius U(min_object_radius, max_object_radius) * min(H, W);
-  - appearance: two colours mixed by object-fixed noise, spots or stripes (the texture moves
-    and rotates with the object), and a linear shading gradient. The main colour is a colour
-    far in hue from the background, blended towards a colour sampled from the background
-    canvas with weight 0.8 d: hard videos are camouflaged;
+* **Objects.** 1 + Binomial(max_objects - 1, extra_object_prob) objects of the video's class:
+  - size: a box area A (fraction of the frame) from the class's YouTube-Objects-like
+    distribution (`synthetic_video_objects.sample_box_area`) times `size_scale`, radius
+    sqrt(A H W) / 2 px, at most max_object_radius * min(H, W);
+  - shape, colour and texture from the class (`synthetic_video_objects.render`); the main
+    colour is blended towards a colour of the background canvas with weight camouflage * d;
   - motion in screen space (independent of the camera): a quadratic Bezier path over a
     distance U(0.3, 1) * object_motion * min(H, W) * (1 - 0.8 d), bent sideways, inside the
     frame with a margin of 0.8 radius (so each object is always mostly visible). The start
-    is off the frame centre by up to object_spread * (0.2 + 0.8 d) of the allowed range:
-    filmed objects are mostly central (the bias VideoPCA's centre prior encodes), hard ones
-    less so. Rotation up to 0.03 rad/frame; scale 1 + U(0, 0.1) sin(...).
+    is off the frame centre by up to object_spread * (0.2 + 0.8 d) of the allowed range.
+    Rotation up to 0.03 rad/frame; scale 1 + U(0, 0.1) sin(...);
   - occlusion: with probability occlusion_prob the second object's path is shifted to pass
     next to the first's mid-video position; later objects are in front.
 * **Imaging.** Anti-aliased alpha compositing (1 px edge), a global gain flicker of
@@ -46,18 +58,14 @@ video never depends on how many others are generated.
   Boxes [T, max_objects, 4] float32 are the tight boxes of each object's *visible* pixels,
   (x0, y0, x1, y1) with exclusive ends (the `vtd.evaluators.segmentation` convention); a NaN
   row when the object is absent or fully hidden.
-* **Test images.** `test_frames_per_video` distinct random frames of each held-out video, as
-  single images with their mask, visible boxes and a class name from the video's difficulty
-  ("easy" d < 1/3, "medium" < 2/3, else "hard"), ready for `object_discovery_scores` (P/J) and
-  `corloc_by_class` (every test frame has at least one visible box).
+* **Held-out images.** `test_frames_per_video` distinct random frames of each held-out video
+  (splits "val" and "test"), as single images with their mask, visible boxes, the class name
+  and the video's difficulty, ready for `object_discovery_scores` (P/J) and `corloc_by_class`
+  (every held-out frame has at least one visible box).
 
-Default size (chosen for the <= 15 min 2-core CPU budget of the full pipeline: VideoPCA on all
-training videos, 5 students + EvalSeg-Net, 2 generations): 48 training videos of 32-48 frames
-(about 1 900 frames) and 16 test videos (96 test images) at 64 x 80 px. Generation takes 3-5 s
-on a shared 2-core CPU; the result is cached as .npz under `cache_dir`, keyed by a hash of the spec.
-VideoPCA with the reference constants at this native size (`videopca_numpy`, size=None) gets a
-mean J of about 0.5 on the default training videos (about 0.57 for d < 0.5, 0.45 above; 65 %
-of the videos above 0.5) and a frame CorLoc of about 0.3: good enough to teach, room to beat.
+Default size (chosen for the <= 20 min 2-core CPU budget of the full pipeline): see the spec's
+defaults; generation takes a few seconds and the result is cached as .npz under `cache_dir`,
+keyed by a hash of the spec and `_VERSION`.
 """
 
 from __future__ import annotations
@@ -69,43 +77,50 @@ import json
 import numpy as np
 
 from vtd.data import cache
+from vtd.data import synthetic_video_objects as objects
 from vtd.data.rendering import bezier, fractal_noise, hsv_to_rgb, random_bezier_path
-from vtd.data.rendering import render_object, sample_bilinear, sigmoid, smooth_noise
+from vtd.data.rendering import sample_bilinear, sigmoid, smooth_noise
 from vtd.errors import UserError
 
-_VERSION = 1  # Bump when the generator changes: it is part of the cache key.
-_SPLITS = {"train": 0, "test": 1}  # Split index in the per-video seed.
-_DIFFICULTY_CLASSES = ((1 / 3, "easy"), (2 / 3, "medium"), (np.inf, "hard"))
-_VIDEO_ARRAYS = ("frames", "labels", "boxes", "camera", "difficulty")  # Cached per video.
+_VERSION = 2  # Bump when the generator changes: it is part of the cache key.
+_SPLITS = {"train": 0, "test": 1, "val": 2}  # Split index in the per-video seed.
+HELD_OUT_SPLITS = ("val", "test")  # Splits with single-image ground truth.
+_VIDEO_ARRAYS = ("frames", "labels", "boxes", "camera", "difficulty", "object_class")
+# Object radius (px) per sqrt(box area in px^2): 1/2 for a disc; 0.47 makes the generated box
+# areas match the YouTube-Objects quantiles (measured, docs/segmentation.md "Embedded data").
+_RADIUS_PER_SQRT_AREA = 0.47
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticVideoSpec:
   """Every parameter of the generator (the cache key); the module docstring gives their roles.
 
-  None of these comes from the papers: they size a CPU-friendly stand-in for ImageNet-VID.
+  None of these comes from the papers: they size a CPU-friendly stand-in for ImageNet-VID and
+  YouTube-Objects; the object statistics follow YouTube-Objects (`synthetic_video_objects`).
   """
   seed: int = 0
-  num_train_videos: int = 48
-  num_test_videos: int = 16  # Held out; test images are sampled from them.
-  min_frames: int = 32  # Video length T ~ Uniform{min_frames..max_frames}.
-  max_frames: int = 48
+  num_train_videos: int = 96
+  num_val_videos: int = 32  # Held out, for choosing defaults.
+  num_test_videos: int = 32  # Held out, for the reported metrics only.
+  min_frames: int = 24  # Video length T ~ Uniform{min_frames..max_frames}.
+  max_frames: int = 40
   height: int = 64  # Frame size in pixels.
   width: int = 80
   max_objects: int = 2  # 1 + Binomial(max_objects - 1, extra_object_prob) objects.
-  extra_object_prob: float = 0.4
-  min_object_radius: float = 0.12  # Object radius range, fraction of min(height, width).
-  max_object_radius: float = 0.22
+  extra_object_prob: float = 0.031  # YTO: 96.9 % of frames have one box.
+  size_scale: float = 1.0  # Multiplies the sampled box areas (1: YouTube-Objects-like).
+  max_object_radius: float = 0.45  # Largest radius, fraction of min(height, width).
   min_difficulty: float = 0.0  # Per-video difficulty d ~ Uniform[min, max] in [0, 1].
   max_difficulty: float = 1.0
   camera_motion: float = 0.25  # Longest camera travel per video, fraction of the width.
   camera_zoom: float = 0.08  # Largest relative zoom change per video.
-  object_spread: float = 0.8  # Start offset from the centre, fraction of the allowed range.
+  object_spread: float = 0.6  # Start offset from the centre, fraction of the allowed range.
   object_motion: float = 0.6  # Longest object travel per video, fraction of min(H, W).
+  camouflage: float = 0.5  # Weight of the background colour in the object's at d = 1.
   occlusion_prob: float = 0.3  # P(second object's path crosses the first's).
   noise_std: float = 3.0  # Sensor noise std in uint8 units at d = 0 (x (1 + d)).
   flicker: float = 0.03  # Relative amplitude of the global gain flicker.
-  test_frames_per_video: int = 6  # Distinct test images per held-out video.
+  test_frames_per_video: int = 6  # Distinct held-out images per val / test video.
 
   def cache_key(self) -> str:
     payload = json.dumps({**dataclasses.asdict(self), "version": _VERSION}, sort_keys=True)
@@ -114,19 +129,26 @@ class SyntheticVideoSpec:
   def validate(self) -> None:
     """Raises UserError naming the first inconsistent parameter."""
     checks = [
-        (self.num_train_videos >= 0 and self.num_test_videos >= 0, "video counts must be >= 0"),
+        (min(self.num_train_videos, self.num_val_videos, self.num_test_videos) >= 0,
+         "video counts must be >= 0"),
         (3 <= self.min_frames <= self.max_frames, "need 3 <= min_frames <= max_frames"),
         (self.height >= 16 and self.width >= 16, "height and width must be >= 16"),
         (1 <= self.max_objects <= 255, "need 1 <= max_objects <= 255 (uint8 labels)"),
-        (0 < self.min_object_radius <= self.max_object_radius <= 0.45, "need 0 < "
-         "min_object_radius <= max_object_radius <= 0.45"),
+        (0 <= self.extra_object_prob <= 1, "need 0 <= extra_object_prob <= 1"),
+        (self.size_scale > 0, "need size_scale > 0"),
+        (0 < self.max_object_radius <= 0.45, "need 0 < max_object_radius <= 0.45"),
         (0 <= self.min_difficulty <= self.max_difficulty <= 1, "need 0 <= min_difficulty <= "
          "max_difficulty <= 1"),
+        (0 <= self.camouflage <= 1, "need 0 <= camouflage <= 1"),
         (1 <= self.test_frames_per_video <= self.min_frames, "need 1 <= test_frames_per_video "
          "<= min_frames")]
     for ok, message in checks:
       if not ok:
         raise UserError(f"invalid SyntheticVideoSpec: {message} ({self})")
+
+  def num_videos(self, split: str) -> int:
+    return {"train": self.num_train_videos, "val": self.num_val_videos,
+            "test": self.num_test_videos}[split]
 
 
 @dataclasses.dataclass
@@ -134,13 +156,14 @@ class SyntheticVideo:
   """One generated video with its ground truth.
 
   Attributes:
-    video_id: "train00012" / "test00003".
+    video_id: "train00012" / "val00001" / "test00003".
     frames: [T, H, W, 3] uint8 RGB.
     labels: [T, H, W] uint8; 0 background, k + 1 where object k is visible.
     boxes: [T, max_objects, 4] float32 (x0, y0, x1, y1), exclusive ends; NaN rows for absent
       or fully hidden objects.
     camera: [T, 3] float32: view centre (y, x) on the background canvas and zoom.
     difficulty: d in [0, 1] (module docstring).
+    object_class: index of the objects' class in `SyntheticVideoDataset.classes`.
   """
   video_id: str
   frames: np.ndarray
@@ -148,6 +171,7 @@ class SyntheticVideo:
   boxes: np.ndarray
   camera: np.ndarray
   difficulty: float
+  object_class: int
 
   @property
   def masks(self) -> np.ndarray:
@@ -161,20 +185,22 @@ class SyntheticVideo:
 
 @dataclasses.dataclass
 class SegmentationTestSet:
-  """Single test images with ground truth, in the form the segmentation evaluators take.
+  """Single held-out images with ground truth, in the form the segmentation evaluators take.
 
   Attributes:
     images: [N, H, W, 3] uint8 RGB.
     masks: [N, H, W] bool foreground (P/J).
     boxes: [N, max_objects, 4] float32, NaN-padded visible object boxes (see `gt_boxes`).
-    class_names: N difficulty classes ("easy" / "medium" / "hard").
+    class_names: N object-class names (`synthetic_video_objects.YTO_CLASS_MEDIAN_BOX_AREA`).
+    difficulty: [N] float32, the source video's difficulty.
     image_ids: N ids "<video_id>/<frame index>".
-    video_index, frame_index: [N] int64, the source test video and frame.
+    video_index, frame_index: [N] int64, the source held-out video and frame.
   """
   images: np.ndarray
   masks: np.ndarray
   boxes: np.ndarray
   class_names: list[str]
+  difficulty: np.ndarray
   image_ids: list[str]
   video_index: np.ndarray
   frame_index: np.ndarray
@@ -183,17 +209,26 @@ class SegmentationTestSet:
     """Per image, its [K_i, 4] visible boxes (K_i >= 1), as `corloc_hits` takes them."""
     return [b[np.isfinite(b).all(axis=1)] for b in self.boxes]
 
-  def __len__(self) -> int:  # Number of test images.
+  def __len__(self) -> int:  # Number of images.
     return int(self.images.shape[0])
 
 
 @dataclasses.dataclass
 class SyntheticVideoDataset:
-  """Training videos, held-out test videos and the test images sampled from the latter."""
+  """Training videos and, per held-out split ("val", "test"), its videos and images."""
   spec: SyntheticVideoSpec
+  classes: tuple[objects.ObjectClass, ...]
   train: list[SyntheticVideo]
   test_videos: list[SyntheticVideo]
   test: SegmentationTestSet
+  val_videos: list[SyntheticVideo]
+  val: SegmentationTestSet
+
+  def held_out(self, split: str) -> tuple[list[SyntheticVideo], SegmentationTestSet]:
+    """(videos, images) of a held-out split."""
+    if split not in HELD_OUT_SPLITS:
+      raise UserError(f"synthetic split must be one of {HELD_OUT_SPLITS}, got {split!r}")
+    return getattr(self, f"{split}_videos"), getattr(self, split)
 
 
 # ----------------------------------------------------------------------------- background
@@ -239,13 +274,15 @@ def _boxes(labels: np.ndarray, num_slots: int) -> np.ndarray:
   return np.where(rows.any(-1)[..., None], boxes, np.nan).astype(np.float32)
 
 
-def _video(spec: SyntheticVideoSpec, split: str, index: int) -> tuple[SyntheticVideo,
-                                                                       np.random.Generator]:
+def _video(spec: SyntheticVideoSpec, classes: tuple[objects.ObjectClass, ...], split: str,
+           index: int) -> tuple[SyntheticVideo, np.random.Generator]:
   """Video `index` of `split` and its random stream (module docstring: generative model)."""
   rng = np.random.default_rng(np.random.SeedSequence([spec.seed, _SPLITS[split], index]))
   h, w = spec.height, spec.width
   t = int(rng.integers(spec.min_frames, spec.max_frames + 1))
   d = float(rng.uniform(spec.min_difficulty, spec.max_difficulty))
+  class_index = int(rng.integers(len(classes)))
+  cls = classes[class_index]
   u = np.arange(t) / (t - 1)  # Normalised time in [0, 1].
 
   # Camera: view centre and zoom over time, then a canvas just large enough to cover it.
@@ -257,16 +294,18 @@ def _video(spec: SyntheticVideoSpec, split: str, index: int) -> tuple[SyntheticV
   zoom = 1 + rng.uniform(-spec.camera_zoom, spec.camera_zoom) * u
   half = np.array([h, w]) / (2 * zoom.min()) + np.abs(offset).max(0) + 3
   ch, cw = (2 * np.ceil(half)).astype(int)
-  canvas, hue = _background(rng, int(ch), int(cw))
+  canvas, _ = _background(rng, int(ch), int(cw))
   view = offset + np.array([ch, cw]) / 2
   yy, xx = np.mgrid[:h, :w].astype(np.float32)
   ys = view[:, 0, None, None] + (yy - (h - 1) / 2) / zoom[:, None, None]
   xs = view[:, 1, None, None] + (xx - (w - 1) / 2) / zoom[:, None, None]
   frames = sample_bilinear(canvas, ys, xs)
 
-  # Objects: paths first (the occluder's path depends on the first object's).
+  # Objects: sizes and paths first (the occluder's path depends on the first object's).
   n_obj = 1 + int(rng.binomial(spec.max_objects - 1, spec.extra_object_prob))
-  radii = rng.uniform(spec.min_object_radius, spec.max_object_radius, n_obj) * min(h, w)
+  areas = np.array([objects.sample_box_area(rng, cls) for _ in range(n_obj)]) * spec.size_scale
+  radii = np.minimum(_RADIUS_PER_SQRT_AREA * np.sqrt(areas * h * w),
+                     spec.max_object_radius * min(h, w))
   paths = []
   for k in range(n_obj):
     lo, hi = np.full(2, 0.8 * radii[k]), np.array([h - 1, w - 1]) - 0.8 * radii[k]
@@ -282,11 +321,10 @@ def _video(spec: SyntheticVideoSpec, split: str, index: int) -> tuple[SyntheticV
 
   labels = np.zeros((t, h, w), np.uint8)
   for k in range(n_obj):
-    distinct = hsv_to_rgb(hue + 0.5 + rng.normal(0, 0.12), rng.uniform(0.45, 1.0),
-                          rng.uniform(0.45, 1.0))
     camouflage = canvas[rng.integers(ch), rng.integers(cw)]
-    main = (1 - 0.8 * d) * distinct + 0.8 * d * camouflage
-    colour, alpha, inside = render_object(rng, bezier(paths[k], u), radii[k], main, yy, xx)
+    weight = spec.camouflage * d
+    main = (1 - weight) * objects.main_colour(rng, cls) + weight * camouflage
+    colour, alpha, inside = objects.render(rng, cls, bezier(paths[k], u), radii[k], main, yy, xx)
     frames = frames * (1 - alpha[..., None]) + colour * alpha[..., None]
     labels[inside] = k + 1
 
@@ -296,16 +334,13 @@ def _video(spec: SyntheticVideoSpec, split: str, index: int) -> tuple[SyntheticV
   frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
   camera = np.concatenate([view, zoom[:, None]], -1).astype(np.float32)
   return SyntheticVideo(f"{split}{index:05d}", frames, labels, _boxes(labels, spec.max_objects),
-                        camera, d), rng
+                        camera, d, class_index), rng
 
 
-def _difficulty_class(d: float) -> str:
-  return next(name for bound, name in _DIFFICULTY_CLASSES if d < bound)
-
-
-def _test_set(spec: SyntheticVideoSpec, videos: list[SyntheticVideo], video_index: np.ndarray,
-              frame_index: np.ndarray) -> SegmentationTestSet:
-  """Gathers the given (video, frame) pairs into single test images."""
+def _image_set(spec: SyntheticVideoSpec, classes: tuple[objects.ObjectClass, ...],
+               videos: list[SyntheticVideo], video_index: np.ndarray,
+               frame_index: np.ndarray) -> SegmentationTestSet:
+  """Gathers the given (video, frame) pairs into single held-out images."""
   pairs = list(zip(np.asarray(video_index).tolist(), np.asarray(frame_index).tolist()))
   h, w = spec.height, spec.width
   pick = lambda name, dtype, *shape: np.array(  # reshape: also right for no pairs.
@@ -313,37 +348,48 @@ def _test_set(spec: SyntheticVideoSpec, videos: list[SyntheticVideo], video_inde
   return SegmentationTestSet(
       images=pick("frames", np.uint8, h, w, 3), masks=pick("labels", np.uint8, h, w) > 0,
       boxes=pick("boxes", np.float32, spec.max_objects, 4),
-      class_names=[_difficulty_class(videos[v].difficulty) for v, _ in pairs],
+      class_names=[classes[videos[v].object_class].name for v, _ in pairs],
+      difficulty=np.array([videos[v].difficulty for v, _ in pairs], np.float32),
       image_ids=[f"{videos[v].video_id}/{f}" for v, f in pairs],
       video_index=np.asarray(video_index, np.int64), frame_index=np.asarray(frame_index, np.int64))
+
+
+def _held_out(spec: SyntheticVideoSpec, classes: tuple[objects.ObjectClass, ...], split: str
+              ) -> tuple[list[SyntheticVideo], SegmentationTestSet]:
+  videos, picks = [], []
+  for i in range(spec.num_videos(split)):
+    video, rng = _video(spec, classes, split, i)
+    videos.append(video)
+    frames = rng.choice(video.num_frames, spec.test_frames_per_video, replace=False)
+    picks += [(i, f) for f in sorted(frames.tolist())]
+  picks = np.array(picks, np.int64).reshape(-1, 2)
+  return videos, _image_set(spec, classes, videos, picks[:, 0], picks[:, 1])
 
 
 def generate(spec: SyntheticVideoSpec = SyntheticVideoSpec()) -> SyntheticVideoDataset:
   """Generates the dataset for `spec` (deterministic in `spec`; module docstring)."""
   spec.validate()
-  train = [_video(spec, "train", i)[0] for i in range(spec.num_train_videos)]
-  test_videos, picks = [], []
-  for i in range(spec.num_test_videos):
-    video, rng = _video(spec, "test", i)
-    test_videos.append(video)
-    frames = rng.choice(video.num_frames, spec.test_frames_per_video, replace=False)
-    picks += [(i, f) for f in sorted(frames.tolist())]
-  picks = np.array(picks, np.int64).reshape(-1, 2)
-  return SyntheticVideoDataset(spec, train, test_videos,
-                               _test_set(spec, test_videos, picks[:, 0], picks[:, 1]))
+  classes = objects.make_classes(spec.seed)
+  train = [_video(spec, classes, "train", i)[0] for i in range(spec.num_train_videos)]
+  test_videos, test = _held_out(spec, classes, "test")
+  val_videos, val = _held_out(spec, classes, "val")
+  return SyntheticVideoDataset(spec, classes, train, test_videos, test, val_videos, val)
 
 
 # ----------------------------------------------------------------------------- cache
 
 def save_npz(ds: SyntheticVideoDataset, path: str) -> None:
   """Writes the dataset as one .npz (one key per video array), atomically."""
-  arrays = {"meta/cache_key": np.asarray(ds.spec.cache_key()),
-            "test_images/video_index": ds.test.video_index,
-            "test_images/frame_index": ds.test.frame_index}
-  for split, videos in (("train", ds.train), ("test", ds.test_videos)):
+  arrays = {"meta/cache_key": np.asarray(ds.spec.cache_key())}
+  for split in ("train", *HELD_OUT_SPLITS):
+    videos = ds.train if split == "train" else ds.held_out(split)[0]
     arrays[f"{split}/count"] = np.asarray(len(videos))
     for i, v in enumerate(videos):
       arrays.update({f"{split}/{i}/{name}": getattr(v, name) for name in _VIDEO_ARRAYS})
+    if split != "train":
+      images = ds.held_out(split)[1]
+      arrays[f"{split}_images/video_index"] = images.video_index
+      arrays[f"{split}_images/frame_index"] = images.frame_index
   cache.save_entry(path, arrays)
 
 
@@ -352,13 +398,15 @@ def load_npz(path: str, spec: SyntheticVideoSpec) -> SyntheticVideoDataset:
   arrays = cache.load_entry(path, "synthetic video cache")
   if str(arrays.get("meta/cache_key")) != spec.cache_key():
     raise UserError(f"synthetic video cache {path} was written for another spec")
+  classes = objects.make_classes(spec.seed)
   splits = {split: [SyntheticVideo(video_id=f"{split}{i:05d}", **{
       name: arrays[f"{split}/{i}/{name}"][()] for name in _VIDEO_ARRAYS})  # [()]: 0-d -> scalar
                     for i in range(int(arrays[f"{split}/count"]))] for split in _SPLITS}
-  test = _test_set(spec, splits["test"], arrays["test_images/video_index"],
-                   arrays["test_images/frame_index"])
-  return SyntheticVideoDataset(spec=spec, train=splits["train"], test_videos=splits["test"],
-                               test=test)
+  images = {split: _image_set(spec, classes, splits[split], arrays[f"{split}_images/video_index"],
+                              arrays[f"{split}_images/frame_index"]) for split in HELD_OUT_SPLITS}
+  return SyntheticVideoDataset(spec=spec, classes=classes, train=splits["train"],
+                               test_videos=splits["test"], test=images["test"],
+                               val_videos=splits["val"], val=images["val"])
 
 
 def cache_path(spec: SyntheticVideoSpec, cache_dir: str) -> str:

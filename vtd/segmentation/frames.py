@@ -64,23 +64,3 @@ def resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return masks.astype(np.float32)
   return np.stack([cv2.resize(m.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
                    for m in masks])
-
-
-def nonzero_mean_scores(masks: np.ndarray) -> np.ndarray:
-  """Generation-1 selection score: mean of the non-zero values of each soft mask (0 if none).
-
-  VideoPCA's hysteresis gating sets everything outside the kept components to exactly 0, so
-  "non-zero" needs no threshold (reference §3.1).
-  """
-  flat = masks.reshape(masks.shape[0], -1)
-  nonzero = flat > 0
-  count = nonzero.sum(axis=1)
-  return np.where(count > 0, (flat * nonzero).sum(axis=1) / np.maximum(count, 1), 0.0)
-
-
-def top_fraction(scores: np.ndarray, fraction: float, minimum: int = 1) -> np.ndarray:
-  """Indices of the highest `fraction` of scores (at least `minimum`), best first."""
-  if not 0 < fraction <= 1:
-    raise ValueError(f"keep fraction must be in (0, 1], got {fraction}")
-  k = max(minimum, int(round(fraction * scores.size)))
-  return np.argsort(-scores, kind="stable")[:k]

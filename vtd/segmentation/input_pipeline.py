@@ -11,8 +11,9 @@ Training videos (`config.data.videos`):
 
 Test set (`config.data.test_set`), only for the reported metrics:
   auto              synthetic with synthetic training videos, none with real ones
-  synthetic         the embedded held-out synthetic videos: P, J, CorLoc; the VideoPCA teacher
-                    is scored too (it needs the videos the test frames come from)
+  synthetic         the embedded held-out synthetic videos: P, J, CorLoc on the splits named by
+                    `config.data.eval_splits` ("val" to choose defaults, "test" to report);
+                    the VideoPCA teacher is scored too (it needs the source videos)
   object_discovery  Object Discovery (`config.data.test_root`): P and J, averaged per class
                     then over classes (Table 1); single images, so no teacher row
   youtube_objects   YouTube-Objects annotated frames: CorLoc per class, then mean (Table 2);
@@ -69,7 +70,8 @@ class TestSet:
   """Labelled test images at their original sizes.
 
   Attributes:
-    name: which dataset ("synthetic", "object_discovery", "youtube_objects").
+    name: which dataset ("synthetic/val", "synthetic/test", "object_discovery",
+      "youtube_objects").
     images: N arrays [H_i, W_i, 3] uint8 RGB.
     masks: N bool [H_i, W_i] ground-truth foregrounds (P, J), or None.
     boxes: N float [K_i, 4] ground-truth boxes (x0, y0, x1, y1), K_i >= 1 (CorLoc), or None.
@@ -131,22 +133,41 @@ def _classes(config: ml_collections.ConfigDict, default: tuple[str, ...]) -> tup
   return names or default
 
 
-def load_test_set(config: ml_collections.ConfigDict) -> TestSet | None:
-  """The test set named by `config.data.test_set` (module docstring); None for "none"."""
+def _synthetic_split(data: synthetic_video.SyntheticVideoDataset, split: str) -> TestSet:
+  videos, images = data.held_out(split)
+  return TestSet(name=f"synthetic/{split}", images=list(images.images), masks=list(images.masks),
+                 boxes=images.gt_boxes(), class_names=list(images.class_names),
+                 average="images", videos=[v.frames for v in videos],
+                 video_index=images.video_index, frame_index=images.frame_index)
+
+
+def eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """`config.data.eval_splits` as a tuple; a name other than val / test is a UserError."""
+  names = tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
+  bad = [s for s in names if s not in synthetic_video.HELD_OUT_SPLITS]
+  if bad or len(set(names)) != len(names):
+    raise UserError(f"config.data.eval_splits={config.data.eval_splits!r}: give distinct names "
+                    f"of {synthetic_video.HELD_OUT_SPLITS}, comma-separated")
+  return names
+
+
+def load_eval_sets(config: ml_collections.ConfigDict) -> dict[str, TestSet]:
+  """The held-out image sets scored by the run, by split name ("val", "test").
+
+  The synthetic data have both (`config.data.eval_splits` says which are scored; choosing
+  defaults looks at "val" only); a real test set (`config.data.test_set`) is "test" and has no
+  validation split; "none" scores nothing.
+  """
   kind = config.data.test_set
   if kind not in TEST_SETS:
     raise UserError(f"config.data.test_set must be one of {TEST_SETS}, got {kind!r}")
   if kind == "auto":
     kind = "none" if config.data.videos else "synthetic"
   if kind == "none":
-    return None
+    return {}
   if kind == "synthetic":
     data = _synthetic(config)
-    test = data.test
-    return TestSet(name=kind, images=list(test.images), masks=list(test.masks),
-                   boxes=test.gt_boxes(), class_names=list(test.class_names), average="images",
-                   videos=[v.frames for v in data.test_videos], video_index=test.video_index,
-                   frame_index=test.frame_index)
+    return {split: _synthetic_split(data, split) for split in eval_splits(config)}
   if not config.data.test_root:
     raise UserError(f"config.data.test_set={kind} needs config.data.test_root")
   if kind == "object_discovery":
@@ -154,13 +175,19 @@ def load_test_set(config: ml_collections.ConfigDict) -> TestSet | None:
         config.data.test_root, _classes(config, object_discovery.CLASSES_100))
     if not items:
       raise UserError(f"no Object Discovery images under {config.data.test_root}")
-    return TestSet(name=kind, images=[x.image for x in items], masks=[x.mask for x in items],
-                   boxes=None, class_names=[x.class_name for x in items], average="classes")
+    return {"test": TestSet(name=kind, images=[x.image for x in items],
+                            masks=[x.mask for x in items], boxes=None,
+                            class_names=[x.class_name for x in items], average="classes")}
   frames = youtube_objects.load_youtube_objects(
       config.data.test_root, classes=_classes(config, youtube_objects.CLASSES),
       split=config.data.test_split)
   if not frames:
     raise UserError(f"no annotated YouTube-Objects frames under {config.data.test_root}")
-  return TestSet(name=kind, images=[x.image for x in frames], masks=None,
-                 boxes=[x.boxes for x in frames], class_names=[x.class_name for x in frames],
-                 average="classes")
+  return {"test": TestSet(name=kind, images=[x.image for x in frames], masks=None,
+                          boxes=[x.boxes for x in frames],
+                          class_names=[x.class_name for x in frames], average="classes")}
+
+
+def load_test_set(config: ml_collections.ConfigDict) -> TestSet | None:
+  """The "test" set of `load_eval_sets`, or None when the run scores none."""
+  return load_eval_sets(config).get("test")

@@ -23,9 +23,6 @@ from vtd import train as train_lib
 from vtd.segmentation import losses
 from vtd.segmentation import models
 
-NORMALISATIONS = ("div_scale_clip", "minmax")
-
-
 def build_student(name: str, cfg: ml_collections.ConfigDict):
   """A student from `config.students.<name>` (width knobs) by registry name."""
   kwargs = cfg.get(name, ml_collections.ConfigDict()).to_dict()
@@ -64,6 +61,11 @@ def _resize_like(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   return jax.image.resize(x, x.shape[:1] + tuple(hw) + x.shape[3:], "bilinear")
 
 
+def student_steps(scfg: ml_collections.ConfigDict, student: str) -> int:
+  """Training steps of `student`: its entry in `steps_per_student`, or `num_steps` if 0."""
+  return int(scfg.steps_per_student.get(student, 0) or scfg.num_steps)
+
+
 def student_program(name: str, model, images: np.ndarray, targets: np.ndarray,
                     config: ml_collections.ConfigDict, seed: int) -> train_lib.Program:
   """Regression of soft-mask targets [P, A, A] in [0, 1] from frames [P, A, A, 3] uint8."""
@@ -88,7 +90,7 @@ def student_program(name: str, model, images: np.ndarray, targets: np.ndarray,
       optimizer=optim.create_optimizer(config.optim, steps_per_epoch=1),
       train_iter=_crop_iterator(images, targets, crop=crop, batch_size=scfg.batch_size,
                                 seed=seed),
-      num_steps=scfg.num_steps)
+      num_steps=student_steps(scfg, name.split("/")[-1]))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
@@ -98,42 +100,25 @@ def _predict_chunk(model, variables, images, size: int, scale: float):
 
 
 def predict(model, variables: Any, images: np.ndarray, *, size: int, scale: float,
-            normalisation: str, chunk_size: int = 64) -> np.ndarray:
-  """Soft masks [N, size, size] in [0, 1] of a student on frames [N, size, size, 3] uint8.
+            chunk_size: int = 64) -> np.ndarray:
+  """Raw outputs [N, size, size] float32 of a student on frames [N, S, S, 3] uint8.
 
-  Outputs are resized bilinearly to the common size (LowRes-Net predicts at 1/4), then mapped
-  to [0, 1] by `normalisation`: 'div_scale_clip' = clip(out / target_scale, 0, 1) (the
-  reference's /255-and-clip), or 'minmax' per image (what the public inference script does).
+  Outputs are resized bilinearly to the common size (LowRes-Net predicts at 1/4) and divided
+  by the target scale, so 1.0 is the top of the teacher's target range; they are not clipped
+  (`selection.normalise` maps them to [0, 1] masks).
   """
-  if normalisation not in NORMALISATIONS:
-    raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
-  out = chunking.chunked_apply(lambda x: _predict_chunk(model, variables, x, size, scale),
-                               images, chunk_size)
-  if normalisation == "div_scale_clip":
-    return np.clip(out, 0.0, 1.0)
-  lo = out.min(axis=(1, 2), keepdims=True)
-  hi = out.max(axis=(1, 2), keepdims=True)
-  return (out - lo) / np.maximum(hi - lo, 1e-8)
-
-
-def multinet(masks: list[np.ndarray]) -> np.ndarray:
-  """Multi-Net: pixel-wise product of the students' [N, S, S] masks in [0, 1]."""
-  return np.prod(np.stack(masks), axis=0)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Per-row cosine similarity of flattened masks [N, ...] (0 when either is all zero)."""
-  a = a.reshape(a.shape[0], -1).astype(np.float64)
-  b = b.reshape(b.shape[0], -1).astype(np.float64)
-  denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-  return np.where(denom > 0, (a * b).sum(1) / np.maximum(denom, 1e-12), 0.0)
+  return chunking.chunked_apply(lambda x: _predict_chunk(model, variables, x, size, scale),
+                                images, chunk_size)
 
 
 def evalseg_program(model, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
                     config: ml_collections.ConfigDict, seed: int) -> train_lib.Program:
-  """EvalSeg-Net regression of `labels` [P] (cos to Multi-Net) from (frame, candidate mask)."""
+  """EvalSeg-Net regression of `labels` [P] (cos to Multi-Net) from (frame, candidate mask).
+
+  Frames [P, s, s, 3] and masks [P, s, s] are at EvalSeg-Net's input size s (no crop).
+  """
   ecfg = config.evalseg
-  crop = config.data.image_size
+  crop = images.shape[1]
 
   def init_variables(rng):
     return model.init(rng, jnp.zeros((2, crop, crop, 3)), jnp.zeros((2, crop, crop)),

@@ -11,6 +11,7 @@ import numpy as np
 from vtd import sharding
 from vtd.segmentation import frames as frames_lib
 from vtd.segmentation import input_pipeline
+from vtd.segmentation import selection
 from vtd.segmentation import videopca
 
 
@@ -55,20 +56,21 @@ def soft_masks(videos: list[np.ndarray], vcfg: videopca.VideoPCAConfig, mesh,
   return out
 
 
-def run(train: input_pipeline.TrainVideos, test: input_pipeline.TestSet | None,
+def run(train: input_pipeline.TrainVideos, eval_sets: dict[str, input_pipeline.TestSet],
         config: ml_collections.ConfigDict, mesh
-        ) -> tuple[frames_lib.FrameTable, np.ndarray | None]:
-  """VideoPCA on the training videos (-> frame table) and on the test videos (-> test masks).
+        ) -> tuple[frames_lib.FrameTable, dict[str, np.ndarray]]:
+  """VideoPCA on the training videos (-> frame table) and on each held-out split's videos.
 
   Returns:
-    The frame table at the augmentation size, and [N_test, S, S] teacher masks of the test
-    images (S = config.data.image_size), or None when the test set has no source videos.
+    The frame table at the augmentation size, and per split with source videos the
+    [N_split, S, S] teacher masks of its images (S = config.data.image_size); splits without
+    source videos (single-image test sets) are left out.
   """
   vcfg = videopca_config(config.teacher.videopca)
   size = config.data.image_size
   aug = int(round(size * config.data.augment_scale))
   masks = soft_masks(train.videos, vcfg, mesh, config.teacher.batch_videos)
-  scores = np.concatenate([frames_lib.nonzero_mean_scores(m) for m in masks])
+  scores = np.concatenate([selection.nonzero_mean_scores(m) for m in masks])
   gt = None
   if train.gt_masks is not None:
     gt = np.concatenate([frames_lib.resize_masks(m.astype(np.float32), (aug, aug)) > 0.5
@@ -80,9 +82,12 @@ def run(train: input_pipeline.TrainVideos, test: input_pipeline.TestSet | None,
       video_index=np.concatenate([np.full(len(m), i) for i, m in enumerate(masks)]),
       frame_index=np.concatenate([np.arange(len(m)) for m in masks]),
       gt_masks=gt)
-  if test is None or test.videos is None:
-    return table, None
-  test_video_masks = soft_masks(test.videos, vcfg, mesh, config.teacher.batch_videos)
-  test_masks = np.stack([test_video_masks[v][f] for v, f in
-                         zip(test.video_index, test.frame_index)])
-  return table, frames_lib.resize_masks(test_masks, (size, size))
+  held_out = {}
+  for split, images in eval_sets.items():
+    if images.videos is None:
+      continue
+    video_masks = soft_masks(images.videos, vcfg, mesh, config.teacher.batch_videos)
+    picked = np.stack([video_masks[v][f] for v, f in zip(images.video_index,
+                                                          images.frame_index)])
+    held_out[split] = frames_lib.resize_masks(picked, (size, size))
+  return table, held_out

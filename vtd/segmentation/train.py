@@ -6,7 +6,9 @@ Stages (directories under the workdir; finished ones are reused, interrupted one
   gen1/evalseg     EvalSeg-Net trained to regress cos(student mask, Multi-Net mask)
   gen2/<student>   students retrained from scratch on gen-1 student masks kept by EvalSeg-Net
   ...              up to `config.generations`
-The test split is only used for the reported metrics (P, J, CorLoc), never for selection.
+Selection rules and label construction live in `selection.py`. The held-out splits
+(`config.data.eval_splits`: "val" to choose defaults, "test" to report) are only scored, never
+used for training or selection.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from vtd.segmentation import frames as frames_lib
 from vtd.segmentation import input_pipeline
 from vtd.segmentation import models
 from vtd.segmentation import overlays
+from vtd.segmentation import selection
 from vtd.segmentation import students as students_lib
 from vtd.segmentation import teacher as teacher_lib
 
@@ -43,7 +46,7 @@ def _student_names(config) -> list[str]:
 
 def test_metrics(masks: np.ndarray, test: input_pipeline.TestSet,
                  eval_cfg: ml_collections.ConfigDict) -> dict[str, float]:
-  """Metrics (percent) of soft masks [N, s, s] against the test set's ground truth.
+  """Metrics (percent) of soft masks [N, s, s] against a held-out set's ground truth.
 
   Each mask is resized to its image's original size (the protocols never resize the ground
   truth), min-max normalised and thresholded (or refined with GrabCut). P and J where the set
@@ -72,57 +75,64 @@ def test_metrics(masks: np.ndarray, test: input_pipeline.TestSet,
   return out
 
 
-def _selection_quality(masks: np.ndarray, gt: np.ndarray | None, threshold: float
-                       ) -> dict[str, float]:
-  """Mean J (percent) of a set of training masks against ground truth (reporting only)."""
+def _selection_quality(masks: np.ndarray, gt: np.ndarray | None) -> dict[str, float]:
+  """Mean J (percent) of training masks against ground truth (reporting only, never used)."""
   if gt is None or len(masks) == 0:
     return {}
-  binary = seg_metrics.binarize(masks, threshold, normalize=True)
+  binary = seg_metrics.binarize(masks, 0.5, normalize=True)
   return {"J": 100 * seg_metrics.jaccard(binary, gt), "count": float(len(masks))}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh()
-  test = input_pipeline.load_test_set(config)
+  eval_sets = input_pipeline.load_eval_sets(config)
   size = config.data.image_size
-  test_images = None if test is None else frames_lib.resize_images(test.images, size)
+  eval_images = {k: frames_lib.resize_images(t.images, size) for k, t in eval_sets.items()}
   names = _student_names(config)
+  scale = config.student_training.target_scale
+  norm_rule = config.multinet.normalisation
   results: dict[str, Any] = {}
 
-  def metrics_of(masks: np.ndarray) -> dict[str, Any]:
-    return {} if test is None else {"test": test_metrics(masks, test, config.eval)}
+  def metrics_of(masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {split: test_metrics(m, eval_sets[split], config.eval) for split, m in masks.items()}
 
-  table_path = os.path.join(workdir, "teacher", "frames.npz")
-  teacher_test_path = os.path.join(workdir, "teacher", "test_masks.npy")
+  teacher_dir = os.path.join(workdir, "teacher")
+  table_path = os.path.join(teacher_dir, "frames.npz")
+  held_out_path = lambda d, split, kind: os.path.join(d, f"{split}_{kind}.npy")
 
   def run_teacher(stage_dir):
     # Training videos are read only here: a finished teacher stage never re-reads them.
     train = input_pipeline.load_train_videos(config)
-    table, test_masks = teacher_lib.run(train, test, config, mesh)
+    table, held_out = teacher_lib.run(train, eval_sets, config, mesh)
     if jax.process_index() == 0:
       table.save(table_path)
-      if test_masks is not None:
-        np.save(teacher_test_path, test_masks)
-    keep = frames_lib.top_fraction(table.scores, config.selection.keep_fraction)
-    return {**({} if test_masks is None else metrics_of(test_masks)),
-            "train_data": train.summary(),
-            "selection": {"all": _selection_quality(table.teacher, table.gt_masks, 0.5),
+      for split, masks in held_out.items():
+        np.save(held_out_path(stage_dir, split, "masks"), masks)
+    keep = selection.keep_best(table.scores, config.selection.keep_fraction,
+                               config.selection.scope, table.video_index)
+    gt = table.gt_masks
+    return {**metrics_of(held_out), "train_data": train.summary(),
+            "selection": {"all": _selection_quality(table.teacher, gt),
                           "kept": _selection_quality(table.teacher[keep],
-                                                     None if table.gt_masks is None
-                                                     else table.gt_masks[keep], 0.5)}}
+                                                     None if gt is None else gt[keep])}}
 
-  results["videopca_teacher"] = stages.run_stage(os.path.join(workdir, "teacher"), run_teacher)
+  results["videopca_teacher"] = stages.run_stage(teacher_dir, run_teacher)
+  sharding.sync("teacher-outputs")
   table = frames_lib.FrameTable.load(table_path)
   frames_s = frames_lib.resize_images(table.images, size)
-  keep = frames_lib.top_fraction(table.scores, config.selection.keep_fraction,
-                                 minimum=config.student_training.batch_size)
+  gt_s = None if table.gt_masks is None else frames_lib.resize_masks(
+      table.gt_masks.astype(np.float32), (size, size)) > 0.5
+  keep = selection.keep_best(table.scores, config.selection.keep_fraction,
+                            config.selection.scope, table.video_index,
+                            minimum=config.student_training.batch_size)
   train_images, train_targets = table.images[keep], table.teacher[keep]
-  prev_test = ({"videopca_teacher": np.load(teacher_test_path)}
-               if os.path.exists(teacher_test_path) else {})
+  shown = {"videopca_teacher": {s: np.load(held_out_path(teacher_dir, s, "masks"))
+                                for s in eval_sets
+                                if os.path.exists(held_out_path(teacher_dir, s, "masks"))}}
 
   for gen in range(1, config.generations + 1):
     gen_dir = os.path.join(workdir, f"gen{gen}")
-    preds_train, preds_test = {}, {}
+    raw_train, raw_eval = {}, {}
     for s_idx, name in enumerate(names):
       stage_dir = os.path.join(gen_dir, name)
       model = students_lib.build_student(name, config.students)
@@ -132,90 +142,93 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         program = students_lib.student_program(f"gen{gen}/{name}", model, train_images,
                                                train_targets, config, seed)
         fit = train_lib.fit(program, config.train, d, mesh, seed)
-        kw = dict(size=size, scale=config.student_training.target_scale,
-                  normalisation=config.multinet.normalisation)
+        predict = lambda x: students_lib.predict(model, fit.variables, x, size=size,
+                                                 scale=scale)
         if jax.process_index() == 0:
-          np.save(os.path.join(d, "train_masks.npy"),
-                  students_lib.predict(model, fit.variables, frames_s, **kw).astype(np.float16))
-          if test is not None:
-            np.save(os.path.join(d, "test_masks.npy"),
-                    students_lib.predict(model, fit.variables, test_images, **kw))
+          np.save(os.path.join(d, "train_raw.npy"), predict(frames_s).astype(np.float16))
+          for split, images in eval_images.items():
+            np.save(held_out_path(d, split, "raw"), predict(images))
           artifacts.save_artifact(os.path.join(d, "model"), fit.variables, config,
                                   {"method": "segmentation", "model_name": f"gen{gen}/{name}",
                                    "student": name, "step": fit.step})
         sharding.sync(f"gen{gen}-{name}-masks")  # Process 0 wrote them; all read them.
-        test_masks = None if test is None else np.load(os.path.join(d, "test_masks.npy"))
-        return {**metrics_of(test_masks), "num_train_pairs": int(len(train_images))}
+        # Scored as the public inference script does: resize, per-image min-max, threshold.
+        return {**metrics_of({s: np.load(held_out_path(d, s, "raw")) for s in eval_images}),
+                "num_train_pairs": int(len(train_images))}
 
       results[f"gen{gen}/{name}"] = stages.run_stage(stage_dir, run_student)
-      preds_train[name] = np.load(os.path.join(stage_dir, "train_masks.npy")).astype(np.float32)
-      if test is not None:
-        preds_test[name] = np.load(os.path.join(stage_dir, "test_masks.npy"))
-    if test is not None:
-      multi_test = students_lib.multinet(list(preds_test.values()))
-      results[f"gen{gen}/multinet"] = metrics_of(multi_test)
-    if test is not None and jax.process_index() == 0:
-      overlays.write(os.path.join(workdir, "overlays", f"gen{gen}.png"), test_images,
-                     {**prev_test, **{f"gen{gen}/{n}": m for n, m in preds_test.items()},
-                      f"gen{gen}/multinet": multi_test}, count=config.eval.overlay_images)
+      raw_train[name] = np.load(os.path.join(stage_dir, "train_raw.npy")).astype(np.float32)
+      raw_eval[name] = {s: np.load(held_out_path(stage_dir, s, "raw")) for s in eval_images}
+
+    # Student outputs -> [0, 1] masks (one scale per student, from its training-frame outputs).
+    scales = {n: selection.student_scale(raw_train[n], config.multinet.scale_quantile)
+              for n in names}
+    as_mask = lambda raw, n: selection.normalise(raw, norm_rule, scales[n])
+    masks_train = {n: as_mask(raw_train[n], n) for n in names}
+    combine = config.multinet.combine
+    multi_eval = {s: selection.multinet([as_mask(raw_eval[n][s], n) for n in names], combine)
+                  for s in eval_images}
+    results[f"gen{gen}/multinet"] = metrics_of(multi_eval)
+    for n in names:
+      shown[f"gen{gen}/{n}"] = raw_eval[n]
+    shown[f"gen{gen}/multinet"] = multi_eval
+    if jax.process_index() == 0:
+      train_columns = {f"gen{gen}/{n}": raw_train[n] for n in names}
+      train_columns[f"gen{gen}/multinet"] = selection.multinet(list(masks_train.values()),
+                                                               combine)
+      _write_overlays(workdir, gen, eval_sets, eval_images, shown, frames_s, table,
+                      train_columns, config)
     if gen == config.generations:
       break
+
     # EvalSeg-Net on this generation's students, then the next generation's training set.
-    multi_train = students_lib.multinet(list(preds_train.values()))
-    rng = np.random.default_rng(config.seed * 7919 + gen)
-    n_frames = len(table)
-    evalseg_frames = rng.permutation(n_frames)[:max(
-        config.evalseg.batch_size, int(round(config.evalseg.train_fraction * n_frames)))]
-    score_frames = np.setdiff1d(np.arange(n_frames), evalseg_frames)
-    stack = np.stack([preds_train[n] for n in names])  # [S, F, size, size]
+    stack = np.stack([masks_train[n] for n in names])  # [S, F, size, size]
+    multi_train = selection.multinet(list(stack), combine)
+    evalseg_frames, score_frames = selection.split_frames(
+        len(table), config.evalseg.train_fraction, config.evalseg.batch_size,
+        seed=config.seed * 7919 + gen)
+    train_cand = selection.candidates(stack, evalseg_frames)
+    score_cand = selection.candidates(stack, score_frames)
     evalseg_dir = os.path.join(gen_dir, "evalseg")
 
     def run_evalseg(d):
       ev_model = models.EvalSegNet(**config.evalseg.model.to_dict())
-      cand = stack[:, evalseg_frames].reshape((-1, size, size))
-      imgs = np.tile(frames_s[evalseg_frames], (len(names), 1, 1, 1))
-      labels = students_lib.cosine(cand, np.tile(multi_train[evalseg_frames], (len(names), 1, 1)))
+      ev_size = config.evalseg.image_size or size
+      ev_frames = frames_lib.resize_images(frames_s, ev_size)
+      ev_masks = lambda c: frames_lib.resize_masks(c.masks, (ev_size, ev_size))
       seed = config.seed * 1000 + gen * 100 + 99
-      program = students_lib.evalseg_program(ev_model, imgs, cand, labels, config, seed)
+      program = students_lib.evalseg_program(
+          ev_model, ev_frames[train_cand.frame_of], ev_masks(train_cand),
+          selection.cosine_labels(train_cand, multi_train), config, seed)
       fit = train_lib.fit(program, config.train, d, mesh, seed)
-      cand_all = stack[:, score_frames].reshape((-1, size, size))
-      imgs_all = np.tile(frames_s[score_frames], (len(names), 1, 1, 1))
-      scores = students_lib.evalseg_scores(ev_model, fit.variables, imgs_all, cand_all,
+      scores = students_lib.evalseg_scores(ev_model, fit.variables, ev_frames[score_cand.frame_of],
+                                           ev_masks(score_cand),
                                            label_scale=config.evalseg.label_scale)
       if jax.process_index() == 0:
         np.save(os.path.join(d, "scores.npy"), scores)
-      true_cos = students_lib.cosine(cand_all, np.tile(multi_train[score_frames],
-                                                       (len(names), 1, 1)))
+      true_cos = selection.cosine_labels(score_cand, multi_train)
       return {"score_vs_true_cos_corr": float(np.corrcoef(scores, true_cos)[0, 1]),
               "num_scored": int(scores.size)}
 
     results[f"gen{gen}/evalseg"] = stages.run_stage(evalseg_dir, run_evalseg)
     scores = np.load(os.path.join(evalseg_dir, "scores.npy"))
-    if config.evalseg.selection == "threshold":
-      chosen = np.flatnonzero(scores >= config.evalseg.threshold)
-    elif config.evalseg.selection == "top_fraction":
-      chosen = frames_lib.top_fraction(scores, config.evalseg.keep_fraction)
-    else:
-      raise UserError(f"config.evalseg.selection must be threshold|top_fraction, got "
-                      f"{config.evalseg.selection!r}")
-    if chosen.size < config.student_training.batch_size:
-      raise UserError(f"EvalSeg-Net kept {chosen.size} masks at gen {gen} (threshold "
-                      f"{config.evalseg.threshold}); use --config.evalseg.selection=top_fraction")
-    student_of, frame_of = np.divmod(chosen, score_frames.size)
-    frame_ids = score_frames[frame_of]
-    cand = stack[student_of, frame_ids]
+    chosen = selection.choose(scores, config.evalseg.selection, config.evalseg.threshold,
+                              config.evalseg.keep_fraction, config.student_training.batch_size,
+                              scope=config.evalseg.scope,
+                              groups=table.video_index[score_cand.frame_of])
+    frame_ids = score_cand.frame_of[chosen]
     a = table.images.shape[1]
     train_images = table.images[frame_ids]
-    train_targets = frames_lib.resize_masks(cand, (a, a))
-    all_cand = stack[:, score_frames].reshape((-1, size, size))
-    gt = None if table.gt_masks is None else frames_lib.resize_masks(
-        table.gt_masks.astype(np.float32), (size, size)) > 0.5
+    train_targets = frames_lib.resize_masks(score_cand.masks[chosen], (a, a))
     results[f"gen{gen}/evalseg"]["selection"] = {
-        "all": _selection_quality(all_cand, None if gt is None else np.tile(
-            gt[score_frames], (len(names), 1, 1)), 0.5),
-        "kept": _selection_quality(cand, None if gt is None else gt[frame_ids], 0.5)}
-    logging.info("gen %d: EvalSeg-Net kept %d of %d student masks", gen, chosen.size,
-                 scores.size)
+        "all": _selection_quality(score_cand.masks, None if gt_s is None
+                                  else gt_s[score_cand.frame_of]),
+        "kept": _selection_quality(score_cand.masks[chosen], None if gt_s is None
+                                   else gt_s[frame_ids])}
+    results[f"gen{gen}/evalseg"]["kept_per_student"] = selection.kept_per_student(
+        score_cand, chosen, names)
+    logging.info("gen %d: EvalSeg-Net kept %d of %d student masks %s", gen, chosen.size,
+                 scores.size, results[f"gen{gen}/evalseg"]["kept_per_student"])
 
   if jax.process_index() == 0:
     artifacts.write_json_atomic(os.path.join(workdir, "results.json"), results)
@@ -224,18 +237,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
+def _write_overlays(workdir, gen, eval_sets, eval_images, shown, frames_s, table,
+                    train_columns, config):
+  """overlays/<split>_gen<k>.png per held-out split (teacher and every generation so far), or
+  overlays/train_gen<k>.png of training frames, one per video, when the run has no held-out
+  set (real videos: no ground truth column)."""
+  count, size = config.eval.overlay_images, config.data.image_size
+  for split, test in eval_sets.items():
+    columns = {k: v[split] for k, v in shown.items() if split in v}
+    rows = (overlays.pick_rows(test.video_index, count) if test.video_index is not None
+            else np.arange(min(count, len(test))))
+    gt = None if test.masks is None else [test.masks[i] for i in rows]  # Original sizes.
+    overlays.write(os.path.join(workdir, "overlays", f"{split}_gen{gen}.png"),
+                   eval_images[split][rows], {k: v[rows] for k, v in columns.items()},
+                   gt_masks=gt, threshold=config.eval.bin_threshold,
+                   image_ids=None if test.video_index is None else [
+                       f"{split} video {test.video_index[i]}" for i in rows])
+  if not eval_sets:
+    rows = overlays.pick_rows(table.video_index, count)
+    columns = {"videopca_teacher": frames_lib.resize_masks(table.teacher[rows], (size, size)),
+               **{k: v[rows] for k, v in train_columns.items()}}
+    overlays.write(os.path.join(workdir, "overlays", f"train_gen{gen}.png"), frames_s[rows],
+                   columns, image_ids=[f"video {v}, frame {f}" for v, f in
+                                       zip(table.video_index[rows], table.frame_index[rows])],
+                   threshold=config.eval.bin_threshold)
+
+
 def format_results(results: dict[str, Any], workdir: str) -> str:
-  lines = [f"Segmentation test metrics ({workdir})", "", "| model | P | J | CorLoc |",
-           "|---|---|---|---|"]
-  for name, res in results.items():
-    if "test" in res:
-      cells = [f"{res['test'][k]:.1f}" if k in res["test"] else "-" for k in ("P", "J", "CorLoc")]
-      lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  sel = [(n, r["selection"]) for n, r in results.items() if "selection" in r]
+  splits = [s for s in ("val", "test") if any(s in r for r in results.values())]
+  lines = [f"Segmentation metrics ({workdir})"]
+  for split in splits:
+    lines += ["", f"{split}:", "| model | P | J | CorLoc |", "|---|---|---|---|"]
+    for name, res in results.items():
+      if split in res:
+        cells = [f"{res[split][k]:.1f}" if k in res[split] else "-"
+                 for k in ("P", "J", "CorLoc")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  sel = [(n, r) for n, r in results.items() if "selection" in r]
   if sel:
-    lines += ["", "| selection | J of all candidates | J of kept | kept |", "|---|---|---|---|"]
-    for name, s in sel:
+    lines += ["", "| selection | J of all candidates | J of kept | kept | kept per student |",
+              "|---|---|---|---|---|"]
+    for name, r in sel:
+      s = r["selection"]
       if s.get("all") and s.get("kept"):
+        per = ", ".join(f"{k} {v}" for k, v in r.get("kept_per_student", {}).items())
         lines.append(f"| {name} | {s['all']['J']:.1f} | {s['kept']['J']:.1f} | "
-                     f"{int(s['kept']['count'])} / {int(s['all']['count'])} |")
+                     f"{int(s['kept']['count'])} / {int(s['all']['count'])} | {per or '-'} |")
   return "\n".join(lines)
