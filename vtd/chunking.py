@@ -34,10 +34,23 @@ def iterate_chunks(tree: Any, chunk_size: int) -> Iterator[tuple[int, int, Any]]
 
 
 def chunked_apply(fn: Callable[[Any], Any], tree: Any, chunk_size: int) -> Any:
-  """fn over row chunks of `tree`, outputs concatenated (as numpy) along the leading axis."""
+  """fn over row chunks of `tree`, outputs concatenated (as numpy) along the leading axis.
+
+  One chunk stays in flight: chunk i + 1 is dispatched before chunk i's output is fetched, so
+  the host's slicing and copying overlap the (asynchronous) kernels; at most two chunks'
+  outputs are held on the device.
+  """
   n = leading_size(tree)
   chunk_size = max(1, min(chunk_size, n))
-  outputs = []
+  outputs, pending = [], None
+
+  def fetch(out, valid):
+    return jax.tree.map(lambda y: np.asarray(y)[:valid], out)
+
   for _, valid, chunk in iterate_chunks(tree, chunk_size):
-    outputs.append(jax.tree.map(lambda y, valid=valid: np.asarray(y)[:valid], fn(chunk)))
+    out = fn(chunk)
+    if pending is not None:
+      outputs.append(fetch(*pending))
+    pending = (out, valid)
+  outputs.append(fetch(*pending))
   return jax.tree.map(lambda *ys: np.concatenate(ys), *outputs)
