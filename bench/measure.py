@@ -16,8 +16,37 @@ import numpy as np
 
 
 def peak_rss_mib() -> float:
-  """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  """Peak resident memory of this process (since the last `reset_peak_rss`), MiB."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def current_rss_mib() -> float:
+  """Resident memory of this process now, MiB."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("VmRSS:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return peak_rss_mib()
+
+
+def reset_peak_rss() -> None:
+  """Resets the kernel's peak-RSS counter (Linux `clear_refs` 5), so that `peak_rss_mib()`
+  measures from here: e.g. the first run after compilation, not the compilation itself."""
+  try:
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+      f.write("5")
+  except OSError:
+    pass
 
 
 def _guarded(worker: Callable[..., None], *args: Any) -> None:
@@ -30,9 +59,32 @@ def _guarded(worker: Callable[..., None], *args: Any) -> None:
     raise SystemExit(1) from e
 
 
+# Set by a benchmark's --quick mode: workers run in this process (seconds instead of a JAX
+# start-up per row; memory figures are then not per implementation).
+SAME_PROCESS = False
+
+
+class _Inbox:
+  """Stands in for the pipe end when the worker runs in this process."""
+
+  def __init__(self):
+    self.value = None
+
+  def send(self, value: Any) -> None:
+    self.value = value
+
+  def close(self) -> None:
+    pass
+
+
 def run_in_subprocess(worker: Callable[..., None], *args: Any) -> Any:
   """Calls `worker(*args, conn)` in a spawned process; returns what it `conn.send`s (an
-  exception in the worker is raised here, with its traceback)."""
+  exception in the worker is raised here, with its traceback). With SAME_PROCESS, calls it
+  here."""
+  if SAME_PROCESS:
+    inbox = _Inbox()
+    worker(*args, inbox)
+    return inbox.value
   ctx = mp.get_context("spawn")
   parent, child = ctx.Pipe(duplex=False)
   proc = ctx.Process(target=_guarded, args=(worker, *args, child))
@@ -111,6 +163,7 @@ def load_peer_module(path: str, name: str, stub_modules: Sequence[str] = ()) -> 
   each that is not installed, so the file imports without them.
   """
   import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   import types  # pylint: disable=g-import-not-at-top
   added = []
@@ -133,9 +186,11 @@ def load_peer_module(path: str, name: str, stub_modules: Sequence[str] = ()) -> 
   if spec is None or spec.loader is None:
     raise FileNotFoundError(f"cannot import {path}")
   module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, os.path.dirname(os.path.abspath(path)))  # its sibling modules
   try:
     spec.loader.exec_module(module)
   finally:
+    sys.path.pop(0)
     # Only the peer module keeps the placeholders: other libraries probe sys.modules (scipy
     # looks for torch.Tensor there).
     for mod in added:

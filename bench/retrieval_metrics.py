@@ -119,6 +119,7 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
   args = parser.parse_args()
   if args.quick:
+    measure.SAME_PROCESS = True  # (memory figures then not per implementation)
     args.num_videos, args.captions, args.repeats = 300, 10, 3
     args.scale_captions = "2,5,10"
 

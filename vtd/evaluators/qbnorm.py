@@ -49,7 +49,8 @@ import numpy as np
 BankSims = Any  # [M, N] array | iterable of [m_i, N] arrays | callable (start, stop) -> [m, N]
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["log_norm", "active"],
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["log_norm", "active", "log_norm_lo"],
                    meta_fields=["beta", "k", "num_bank"])
 @dataclasses.dataclass(frozen=True)
 class QueryBankStats:
@@ -62,12 +63,15 @@ class QueryBankStats:
     beta: inverse temperature the stats were computed with.
     k: top-k used for the activation set.
     num_bank: M, number of querybank rows consumed.
+    log_norm_lo: [N] float32, the rounding error of log_norm: log_norm + log_norm_lo is the
+      log-normaliser to ~1e-8 (a float32 pair), which `dis_t2v_ranks` compares with.
   """
   log_norm: jax.Array
   active: jax.Array
   beta: float
   k: int
   num_bank: int
+  log_norm_lo: jax.Array | None = None
 
 
 def _row_bias(num_rows: jax.Array, chunk: int) -> jax.Array:
@@ -78,37 +82,86 @@ def _row_bias(num_rows: jax.Array, chunk: int) -> jax.Array:
 # The bank update is two kernels, not one: in a single jit XLA:CPU materialises beta * block
 # (shared by the max and the exp-sum), which made the pass 2-3x slower on CPU. Masking by an
 # additive row bias instead of jnp.where(mask, ...) is also several times faster there.
+# x = fl32(beta * S), the official float32 product, as a kernel of its own so that it is
+# rounded in memory: inside one kernel XLA:CPU contracts beta * S - c into a fused
+# multiply-add (even across an optimization barrier), which is not fl32(beta * S) - c and
+# moves the normaliser by ~1e-7 and breaks exact ties in the ranks.
+_scale = jax.jit(lambda sims, beta: beta * sims)
+
+
 @jax.jit
-def _bank_max(block: jax.Array, num_rows: jax.Array, beta: jax.Array,
-              run_max: jax.Array) -> jax.Array:
-  """[N] running max of beta * S_bank, updated with a padded block [C, N] (beta > 0)."""
-  return jnp.maximum(run_max, beta * jnp.max(block + _row_bias(num_rows, block.shape[0]), 0))
+def _bank_max(x: jax.Array, num_rows: jax.Array, run_max: jax.Array) -> jax.Array:
+  """[N] running max of x = fl32(beta * S_bank), updated with a padded block [C, N]."""
+  return jnp.maximum(run_max, jnp.max(x + _row_bias(num_rows, x.shape[0]), 0))
+
+
+def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """a + b = s + e exactly (Knuth's TwoSum; XLA:CPU does not reassociate float adds)."""
+  s = a + b
+  bb = s - a
+  return s, (a - (s - bb)) + (b - bb)
+
+
+def _column_sum(terms: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """[C, N] -> [N] (sum, error) as a float32 pair: a pairwise tree of TwoSums, so the block
+  sum is exact to ~1e-14 relative instead of float32's ~1e-6 over many rows."""
+  err = jnp.zeros(terms.shape[1:], terms.dtype)
+  while terms.shape[0] > 1:
+    if terms.shape[0] % 2:
+      terms = jnp.concatenate([terms, jnp.zeros_like(terms[:1])])
+    half = terms.shape[0] // 2
+    terms, e = _two_sum(terms[:half], terms[half:])
+    err = err + jnp.sum(e, axis=0)
+  return terms[0], err
 
 
 @functools.partial(jax.jit, static_argnames=("k",))
-def _bank_sum(block: jax.Array, num_rows: jax.Array, beta: jax.Array, run_max: jax.Array,
-              new_max: jax.Array, run_sum: jax.Array, active: jax.Array, *, k: int):
-  """Adds a padded block [C, N] to the running sum and activation set.
+def _bank_sum(block: jax.Array, x: jax.Array, num_rows: jax.Array, run_max: jax.Array,
+              new_max: jax.Array, run_sum: jax.Array, run_err: jax.Array, active: jax.Array,
+              *, k: int):
+  """Adds a padded block [C, N] to the running sum (a float32 pair) and activation set.
 
-  logsumexp so far = new_max + log(returned sum); run_max is the shift run_sum was kept at.
+  logsumexp so far = new_max + log(sum + err); run_max is the shift the sum was kept at.
+  x = fl32(beta * S) of the block (`_scale`): the terms are exp(x - shift), from the official
+  code's float32 product.
   """
   chunk, num_gallery = block.shape
   # A column that is still all -inf would give inf - inf = nan; any finite shift works there.
   shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-  terms = jnp.exp(beta * block + _row_bias(num_rows, chunk) - shift)
-  run_sum = run_sum * jnp.exp(run_max - shift) + jnp.sum(terms, axis=0)
+  terms = jnp.exp(x + _row_bias(num_rows, chunk) - shift)
+  part, part_err = _column_sum(terms)
+  # Rescale to the new shift (exp(...) <= 1; 1 once the running max has settled).
+  scale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max, shift) - shift)
+  total, err = _two_sum(run_sum * scale, part)
+  run_err = run_err * scale + err + part_err
   _, top = jax.lax.top_k(block, k)  # [C, k]; beta > 0 so S and beta * S rank alike
   # Padding rows scatter to index N, which mode="drop" discards.
   top = jnp.where((jnp.arange(chunk) < num_rows)[:, None], top, num_gallery)
-  return run_sum, active.at[top.reshape(-1)].set(True, mode="drop")
+  return total, run_err, active.at[top.reshape(-1)].set(True, mode="drop")
+
+
+_LN2_HI = np.float32(0.693145751953125)        # ln 2 with its last 12 mantissa bits zero,
+_LN2_LO = np.float32(1.4286068203094173e-06)   # so e * _LN2_HI is exact for |e| < 2^12
 
 
 @jax.jit
-def _dis_kernel(test: jax.Array, log_norm: jax.Array, active: jax.Array,
-                beta: jax.Array) -> jax.Array:
+def _log_norm(run_max: jax.Array, run_sum: jax.Array, run_err: jax.Array):
+  """log-normaliser run_max + log(sum + err) as a float32 pair (hi, lo), ~1e-8 accurate:
+  log(x) = e ln 2 + log(m) with m in [0.5, 1), so float32 log only sees |log m| < 0.7."""
+  mant, expo = jnp.frexp(run_sum)
+  expo = expo.astype(jnp.float32)
+  hi, lo = _two_sum(run_max, expo * _LN2_HI)
+  hi, e = _two_sum(hi, jnp.log(mant))
+  lo = lo + e + expo * _LN2_LO + run_err / run_sum
+  return _two_sum(hi, lo)
+
+
+@jax.jit
+def _dis_kernel(test: jax.Array, log_norm: jax.Array, log_norm_lo: jax.Array,
+                active: jax.Array, beta: jax.Array) -> jax.Array:
   # top_k(., 1) rather than argmax: same first-index rule, several times faster on XLA:CPU.
   gated = active[jax.lax.top_k(test, 1)[1][:, 0]]  # [Q]
-  return jnp.where(gated[:, None], beta * test - log_norm[None, :], test)
+  return jnp.where(gated[:, None], (beta * test - log_norm) - log_norm_lo, test)
 
 
 def _check_beta_k(beta: float, k: int) -> None:
@@ -193,20 +246,22 @@ def querybank_stats(bank_sims: BankSims, *, beta: float = 20.0, k: int = 1,
       if k > num_gallery:
         raise ValueError(f"k={k} exceeds the N={num_gallery} gallery items")
       state = (jnp.full(num_gallery, -jnp.inf, jnp.float32), jnp.zeros(num_gallery, jnp.float32),
-               jnp.zeros(num_gallery, bool))
+               jnp.zeros(num_gallery, jnp.float32), jnp.zeros(num_gallery, bool))
     elif block.shape[1] != num_gallery:
       raise ValueError(f"bank pieces disagree on N: {block.shape[1]} after {num_gallery}")
-    run_max, run_sum, active = state
-    block, rows_arr = jax.device_put(block), np.int32(rows)  # one transfer for both kernels
-    new_max = _bank_max(block, rows_arr, beta_arr, run_max)
-    state = (new_max,) + _bank_sum(block, rows_arr, beta_arr, run_max, new_max, run_sum, active,
-                                   k=k)
+    run_max, run_sum, run_err, active = state
+    block, rows_arr = jax.device_put(block), np.int32(rows)  # one transfer for all kernels
+    x = _scale(block, beta_arr)
+    new_max = _bank_max(x, rows_arr, run_max)
+    state = (new_max,) + _bank_sum(block, x, rows_arr, run_max, new_max, run_sum, run_err,
+                                   active, k=k)
     total += rows
   if state is None:
     raise ValueError("the querybank is empty (M = 0)")
-  run_max, run_sum, active = state
-  return QueryBankStats(log_norm=run_max + jnp.log(run_sum), active=active, beta=float(beta),
-                        k=k, num_bank=total)
+  run_max, run_sum, run_err, active = state
+  log_norm, log_norm_lo = _log_norm(run_max, run_sum, run_err)
+  return QueryBankStats(log_norm=log_norm, active=active, beta=float(beta), k=k,
+                        num_bank=total, log_norm_lo=log_norm_lo)
 
 
 def _check_test(shape: tuple[int, ...], stats: QueryBankStats) -> None:
@@ -229,7 +284,8 @@ def dis_scores(test_sims: Any, stats: QueryBankStats) -> jax.Array:
     [Q, N] float32: beta * S_test - log_norm for gated rows, S_test (float32) otherwise.
   """
   _check_test(tuple(test_sims.shape), stats)
-  return _dis_kernel(jnp.asarray(test_sims, jnp.float32), stats.log_norm, stats.active,
+  lo = jnp.zeros_like(stats.log_norm) if stats.log_norm_lo is None else stats.log_norm_lo
+  return _dis_kernel(jnp.asarray(test_sims, jnp.float32), stats.log_norm, lo, stats.active,
                      jnp.float32(stats.beta))
 
 
@@ -279,3 +335,66 @@ def dis_rerank(test_sims: Any, bank_sims: BankSims, *, beta: float = 20.0, k: in
   for start, scores in iter_dis_scores(test_sims, stats, query_chunk=query_chunk):
     out[start:start + scores.shape[0]] = scores
   return out
+
+
+@functools.partial(jax.jit, static_argnames=("captions_per_video",))
+def _dis_rank_counts(test: jax.Array, x: jax.Array, start: jax.Array, log_norm: jax.Array,
+                     log_norm_lo: jax.Array, active: jax.Array, beta: jax.Array, *,
+                     captions_per_video: int):
+  """Per row of a [C, N] chunk: #videos scoring >, == the own video under DIS, and the gate.
+
+  Gated rows compare the official quantities exp(x_j) / norm_j with x = fl32(beta * S) (the
+  official float32 product) exactly: x_j - l_j > x_g - l_g is evaluated as
+  (x_j - x_g) - ((l_j - l_g) + (lo_j - lo_g)) with l + lo the float32-pair log-normaliser.
+  Near a tie both differences are small and nearly equal, so every subtraction there is
+  exact (Sterbenz) and the sign is the sign of the exact difference (up to the ~1e-8 of the
+  normaliser). Ungated rows compare the raw similarities, as officially.
+  """
+  from vtd.evaluators.retrieval import _encoded_counts  # pylint: disable=g-import-not-at-top
+  chunk, num_gallery = test.shape
+  rows = start + jnp.arange(chunk)
+  own = jnp.minimum(rows // captions_per_video, num_gallery - 1)[:, None]
+  gated = active[jax.lax.top_k(test, 1)[1][:, 0]]
+  del beta  # (x = fl32(beta * test), computed by `_scale`)
+  lhs = x - jnp.take_along_axis(x, own, axis=1)
+  rhs = (log_norm - log_norm[own]) + (log_norm_lo - log_norm_lo[own])
+  delta = jnp.where(gated[:, None], lhs - rhs, test - jnp.take_along_axis(test, own, axis=1))
+  greater, equal = _encoded_counts(delta > 0, delta == 0, 1)
+  return greater, equal, gated
+
+
+def dis_t2v_ranks(test_sims: Any, stats: QueryBankStats, *, captions_per_video: int,
+                  query_chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """t2v ranks of every query's own video after QB-Norm + DIS, with exact comparisons.
+
+  The float32 log-space scores of `dis_scores` resolve values to ~1e-6 (their magnitude is
+  ~10-30), coarser than the official float32 linear values (~6e-8 relative), so ranking them
+  creates ties the official code does not have. This ranks with the comparison of
+  `_dis_rank_counts` instead: exact for the official quantities with an exact normaliser.
+
+  Args:
+    test_sims: [Q, N] S_test, Q = N * K rows ordered video-major (row q is a caption of
+      video q // K, as in `retrieval.retrieval_metrics`).
+    stats: from `querybank_stats`.
+    captions_per_video: K.
+    query_chunk: rows per kernel call.
+
+  Returns:
+    (ranks [Q] float64, 0-based, ties averaged as the CE metrics do; gated [Q] bool).
+  """
+  _check_test(tuple(test_sims.shape), stats)
+  num_queries = test_sims.shape[0]
+  chunk = min(query_chunk, num_queries)
+  lo = jnp.zeros_like(stats.log_norm) if stats.log_norm_lo is None else stats.log_norm_lo
+  ranks, gates = np.empty(num_queries), np.empty(num_queries, bool)
+  pieces = (test_sims[s:s + chunk] for s in range(0, num_queries, chunk))
+  for start, (block, rows) in zip(range(0, num_queries, chunk), _blocks(pieces, chunk)):
+    block = jax.device_put(block)
+    beta = jnp.float32(stats.beta)
+    greater, equal, gated = _dis_rank_counts(
+        block, _scale(block, beta), np.int32(start), stats.log_norm, lo, stats.active, beta,
+        captions_per_video=captions_per_video)
+    ranks[start:start + rows] = (np.asarray(greater)[:rows]
+                                 + (np.asarray(equal)[:rows] - 1) / 2)
+    gates[start:start + rows] = np.asarray(gated)[:rows]
+  return ranks, gates

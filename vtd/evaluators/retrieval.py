@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vtd import chunking
+
 Metrics = dict[str, float]
 
 def metrics_from_ranks(ranks: np.ndarray) -> Metrics:
@@ -80,9 +82,6 @@ def _compute_dtype(dtype: Any) -> np.dtype:
   return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
 
 
-# Host buffers aligned to this many bytes are aliased by `jax.device_put` on CPU instead of
-# copied (XLA:CPU's buffer alignment); numpy's own large allocations are only 16-byte aligned.
-_ALIGN_BYTES = 64
 # Similarities per kernel call (rows x N_v; 4 MiB in float32). Measured on the 2-core dev CPU
 # at N_v = 2,990: 128-512 rows per block are within noise of each other, 2,048 rows ~1.5x
 # slower (the block no longer stays in cache between the row and the column pass); fewer
@@ -167,21 +166,13 @@ def _block_counts(sims: jax.Array, start: jax.Array, num_rows: jax.Array, gt_fla
   return t2v, v2t, mismatch
 
 
-@functools.partial(jax.jit, static_argnames=("captions_per_video",))
-def _rows_counts(sims: jax.Array, *args, captions_per_video: int):
-  """`_block_counts` of a [C, N_v] block."""
-  return _block_counts(sims, *args, captions_per_video=captions_per_video)
-
-
 @functools.partial(jax.jit, static_argnames=("chunk", "num_videos", "captions_per_video"))
 def _window_counts(window: jax.Array, shift: jax.Array, *args, chunk: int, num_videos: int,
                    captions_per_video: int):
-  """`_block_counts` of the block that starts `shift` entries into a flat [C * N_v + pad]
-  window of the caller's buffer (the window starts at an aligned address, the block need not).
-  The slice and reshape fuse into the comparisons: nothing is copied."""
-  sims = jax.lax.dynamic_slice(window, (shift,), (chunk * num_videos,))
-  return _block_counts(sims.reshape(chunk, num_videos), *args,
-                       captions_per_video=captions_per_video)
+  """`_block_counts` of the [C, N_v] block at `shift` in a flat window
+  (`chunking.host_row_windows`): a view of the caller's memory or a padded copy."""
+  sims = chunking.block_from_window(window, shift, chunk, num_videos)
+  return _block_counts(sims, *args, captions_per_video=captions_per_video)
 
 
 class RetrievalAccumulator:
@@ -291,45 +282,22 @@ class RetrievalAccumulator:
     t2v, self._v2t, self._mismatch = outputs
     self._t2v_parts.append((start, num_rows, t2v))
 
-  def _add_block(self, start: int, block: Any, num_rows: int) -> None:
-    """Counts a padded [block rows, N_v] array (copied to the device if it is host memory)."""
-    self._record(start, num_rows, _rows_counts(jax.device_put(block),
-                                               *self._kernel_args(start, num_rows),
-                                               captions_per_video=self._k))
+  def _add_window(self, start: int, rows: int, window: Any, shift: int) -> None:
+    self._record(start, rows, _window_counts(
+        jax.device_put(window), np.int32(shift), *self._kernel_args(start, rows),
+        chunk=self._block, num_videos=self._num_videos, captions_per_video=self._k))
 
   def _add_device_rows(self, start: int, piece: jax.Array) -> None:
+    size = chunking.window_size(self._block, self._num_videos, self._dtype.itemsize)
     for lo in range(0, piece.shape[0], self._block):
-      part = piece[lo:lo + self._block].astype(self._dtype)
-      rows = part.shape[0]
-      if rows < self._block:
-        part = jnp.pad(part, ((0, self._block - rows), (0, 0)))
-      self._add_block(start + lo, part, rows)
+      part = piece[lo:lo + self._block].astype(self._dtype).reshape(-1)
+      self._add_window(start + lo, min(self._block, piece.shape[0] - lo),
+                       jnp.pad(part, (0, size - part.shape[0])), 0)
 
   def _add_host_rows(self, start: int, piece: np.ndarray) -> None:
-    """Host rows, block by block. Where the rows are C-contiguous in the compute dtype, each
-    block is read in place through an aligned window that `device_put` aliases: nothing is
-    copied, the matrix is read once. Other blocks (the first or last of a misaligned buffer,
-    another dtype, a strided view) are converted and padded, one block at a time."""
-    block, n_v = self._block, self._num_videos
-    itemsize = self._dtype.itemsize
-    in_place = (piece.dtype == self._dtype and piece.flags.c_contiguous
-                and _ALIGN_BYTES % itemsize == 0 and piece.ctypes.data % itemsize == 0)
-    flat = piece.reshape(-1) if in_place else None
-    window = block * n_v + _ALIGN_BYTES // itemsize
-    for lo in range(0, piece.shape[0], block):
-      rows = min(block, piece.shape[0] - lo)
-      if in_place and rows == block:
-        first = lo * n_v
-        shift = (piece.ctypes.data + first * itemsize) % _ALIGN_BYTES // itemsize
-        if first - shift >= 0 and first - shift + window <= flat.size:
-          view = flat[first - shift:first - shift + window]
-          self._record(start + lo, rows, _window_counts(
-              jax.device_put(view), np.int32(shift), *self._kernel_args(start + lo, rows),
-              chunk=block, num_videos=n_v, captions_per_video=self._k))
-          continue
-      padded = np.zeros((block, n_v), self._dtype)
-      padded[:rows] = piece[lo:lo + rows]
-      self._add_block(start + lo, padded, rows)
+    """Host rows, block by block, read in place where possible (`host_row_windows`)."""
+    for lo, rows, window, shift in chunking.host_row_windows(piece, self._block, self._dtype):
+      self._add_window(start + lo, rows, window, shift)
 
   def _check_complete(self) -> None:
     if not self._seen.all():
