@@ -86,6 +86,14 @@ def runtime() -> ml_collections.ConfigDict:
       compilation_cache_dir="~/.cache/vtd/jax_compilation_cache",
       # Hide INFO lines of orbax/grain (per-save chatter); their warnings still show.
       quiet_library_logs=True,
+      # Console lines: 'short' ("12:04:05 message") or 'absl' (absl's full prefix).
+      log_format="short",
+      # What a re-run does with finished stages whose config, inputs or data changed:
+      # 'changed' reruns exactly those (the old ones are moved to <workdir>/superseded/);
+      # 'strict' stops with one line naming the differing keys (vtd/stages.py).
+      reuse="changed",
+      # Show the full traceback of user errors (also: environment variable VTD_DEBUG=1).
+      debug=False,
   ))
 
 

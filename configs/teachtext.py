@@ -22,14 +22,14 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  # Which method vtd.main runs (vtd/teachtext/train.py).
+  # Which method vtd.main runs (vtd/teachtext/pipeline.py).
   config.method = "teachtext"
   # Master seed; every stage derives its own from it (students share one).
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
   # synthetic: the embedded generated dataset; npz: a file in vtd's retrieval format; ce: the
-  # released feature archives of the official TeachText / CE code (vtd/data/ce_features.py).
+  # released feature archives of the official TeachText / CE code (vtd/teachtext/data/ce_features.py).
   config.data.source = "synthetic"
   # The .npz file for source=npz.
   config.data.path = ""
@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.dtype = "float16"
   # Where the generated dataset is cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"
-  # Generator parameters (vtd/data/synthetic_retrieval.py documents the model).
+  # Generator parameters (vtd/teachtext/data/synthetic_retrieval.py documents the model).
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0,  # Dataset seed (fixed across training seeds).
       num_train=1200,  # Training videos.
@@ -143,18 +143,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Or drop every caption whose own video ranks at or below this (0-based rank >= max_rank).
   config.denoise.max_rank = 0.0
 
-  # QB-Norm with Dynamic Inverted Softmax at test time (vtd/evaluators/qbnorm.py), reported
-  # as "<model>+qbnorm" (t2v only) next to the plain metrics of every model.
-  config.qbnorm = ml_collections.ConfigDict()
-  config.qbnorm.enabled = False
-  # Querybank: the captions of this split (official default: the training captions).
-  config.qbnorm.bank = "train"
-  # Inverse temperature and activation-set top-k (official defaults 20 and 1).
-  config.qbnorm.beta = 20.0
-  config.qbnorm.k = 1
-  # Bank queries per streamed chunk: memory is bank_chunk x N_videos; 512 was the fastest on
-  # a 2-core CPU (bench/qbnorm_dis.py).
-  config.qbnorm.bank_chunk = 512
+  # Evaluators (vtd/evaluators/<type>.py), run on every trained model; `val` selects the
+  # checkpoint (train.best_metric is one of its columns), the others are reported in
+  # results.json and the printed tables. Changing them re-evaluates, never retrains.
+  config.evals = ml_collections.ConfigDict()
+  # Validation split, during training (every train.eval_every_steps).
+  config.evals.val = dict(type="retrieval", split="val")
+  # The official t2v / v2t metrics on the test split.
+  config.evals.test = dict(type="retrieval", split="test")
+  # QB-Norm with Dynamic Inverted Softmax (vtd/evaluators/qbnorm.py), t2v only: querybank =
+  # the captions of `bank` (official default: train), inverse temperature beta and top-k of
+  # the activation set (official defaults 20 and 1); bank_chunk rows per streamed chunk
+  # (512 was the fastest on a 2-core CPU, bench/qbnorm_dis.py).
+  config.evals.qbnorm = dict(type="qbnorm", enabled=False, split="test", bank="train",
+                             beta=20.0, k=1, bank_chunk=512)
 
   # Training loop (vtd/train.py); an epoch is one pass over the training videos.
   # 100 epochs, as the official MSR-VTT recipe.
@@ -168,10 +170,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = common.optimizer("radam", lr=1e-3, weight_decay=1e-5)
 
   config.eval = ml_collections.ConfigDict()
-  # Rows per jitted embedding call at evaluation.
+  # Rows per jitted embedding call at evaluation (speed only; results are identical).
   config.eval.chunk_size = 1024
-  # Queries per similarity chunk when ranking (bounds evaluation memory).
-  config.eval.query_chunk = 2048
 
   config.distributed = common.distributed()
   config.runtime = common.runtime()

@@ -17,7 +17,8 @@
 # process 0 hosts the coordinator on it.
 #
 # Environment:
-#   PYTHON        interpreter (default: python).
+#   PYTHON        interpreter (default: the repository's .venv/bin/python if there is
+#                 one, else python3 from PATH).
 #   VTD_LOG_DIR   directory for the per-process logs (default: .).
 #   JAX_PLATFORMS defaults to cpu: N processes on one GPU box would otherwise
 #                 each try to claim every local GPU.
@@ -48,7 +49,10 @@ if [[ "${1:-}" == "--" ]]; then
   shift
 fi
 
-PYTHON="${PYTHON:-python}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$repo/.venv/bin/python" ]]; then PYTHON="$repo/.venv/bin/python"; else PYTHON=python3; fi
+fi
 log_dir="${VTD_LOG_DIR:-.}"
 mkdir -p "$log_dir"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"

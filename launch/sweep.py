@@ -21,7 +21,7 @@ N times on a cluster.
 Usage:
 
   python launch/sweep.py --config configs/teachtext.py[:arg] \
-      --workdir-root runs/tt [--run | --sbatch launch/slurm.sbatch] \
+      --workdir_root runs/tt [--run | --sbatch launch/slurm.sbatch] \
       [--python PY] [-- --config.train.num_steps=100 ...]
 
 Without `--run` the commands are printed one per line (shell-quoted), so they
@@ -47,6 +47,8 @@ from typing import Any
 
 from ml_collections import config_dict
 from ml_collections.config_flags import config_path
+
+from vtd import cli
 
 # Field types that `ml_collections.config_flags` knows how to parse from a
 # `--config.key=value` flag (see `_FIELD_TYPE_TO_PARSER` there). Anything else
@@ -290,7 +292,7 @@ def build_runs(path_with_arg: str,
     SweepError: with a one-line message on any problem.
   """
   if not workdir_root:
-    raise SweepError("--workdir-root must not be empty")
+    raise SweepError("--workdir_root must not be empty")
   path, arg = split_config_arg(path_with_arg)
   module = load_config_module(path)
   config = get_config(module, arg)
@@ -390,15 +392,16 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   if "--" in argv:
     i = argv.index("--")
     argv, extra = argv[:i], argv[i + 1:]
-  parser = argparse.ArgumentParser(
-      prog="sweep.py",
-      description="Expand a config's sweep(add) into vtd.main commands.",
-      epilog="Arguments after '--' are appended to every command, e.g. "
-             "'-- --config.train.num_steps=100'.")
-  parser.add_argument("--config", required=True, metavar="PATH[:ARG]",
+  parser = cli.parser(
+      "launch/sweep.py",
+      "Expand a config's sweep(add) into vtd.main commands. Arguments after '--' are "
+      "appended to every command, e.g. '-- --config.train.num_steps=100'.",
+      "python launch/sweep.py --config=configs/teachtext.py --workdir_root=runs/tt_sweep "
+      "--run")
+  cli.add(parser, "--config", required=True, metavar="PATH[:ARG]",
                       help="config file, optionally with ':arg' for "
                            "get_config(arg); kept verbatim in the commands")
-  parser.add_argument("--workdir-root", required=True, metavar="DIR",
+  cli.add(parser, "--workdir_root", required=True, metavar="DIR",
                       help="each run gets --workdir=DIR/<run_name>")
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument("--print", dest="run", action="store_false",
@@ -409,10 +412,10 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   # Both flags share dest 'run'; without this argparse would take the default
   # from '--print' (store_false -> True) and run by default.
   parser.set_defaults(run=False)
-  parser.add_argument("--sbatch", metavar="FILE",
+  cli.add(parser, "--sbatch", metavar="FILE",
                       help="emit 'sbatch FILE <vtd.main args>' instead (FILE "
                            "runs srun python -m vtd.main \"$@\")")
-  parser.add_argument("--python", default=None,
+  cli.add(parser, "--python", default=None,
                       help="interpreter for 'python -m vtd.main' (default: this "
                            "interpreter with --run, else python); with --sbatch it is "
                            "passed as PYTHON")

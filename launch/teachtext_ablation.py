@@ -1,7 +1,7 @@
 """TeachText ablation: every extension against the CE baseline, over seeds, as one table.
 
-  python launch/teachtext_ablation.py --workdir-root=runs/tt_ablation --run      # train + table
-  python launch/teachtext_ablation.py --workdir-root=runs/tt_ablation            # table only
+  python launch/teachtext_ablation.py --workdir_root=runs/tt_ablation --run      # train + table
+  python launch/teachtext_ablation.py --workdir_root=runs/tt_ablation            # table only
   python launch/teachtext_ablation.py ... -- --config.train.num_epochs=10        # extra flags
 
 Per seed, a `base` run trains the three teachers (all video experts), the CE baseline student
@@ -25,7 +25,6 @@ injected labels are only used to report its precision.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -34,11 +33,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vtd import cli
+
 CONFIG = "configs/teachtext.py"
 COMMON = ["--config.data.synthetic.wrong_caption_fraction=0.2"]
 REDUCED_EXPERTS = "appearance,scene"
 RUNS = {
-    "base": ["--config.qbnorm.enabled=true"],
+    "base": ["--config.evals.qbnorm.enabled=true"],
     "vmd": ["--config.student.experts=" + REDUCED_EXPERTS],
     "denoise": ["--config.denoise.max_rank=100", "--config.student.train_baseline=false"],
     "denoise_frac": ["--config.denoise.fraction=0.2", "--config.student.train_baseline=false"],
@@ -47,7 +48,7 @@ RUNS = {
     "rkd": ["--config.distill.method=rkd", "--config.student.train_baseline=false",
             "--config.student.name=student_rkd"],
 }
-# (row label, run, model, results key)
+# (row label, run, model, evaluator)
 ROWS = (
     ("CE baseline (L_r only)", "base", "student_baseline", "test"),
     ("TeachText", "base", "student_teachtext", "test"),
@@ -55,8 +56,8 @@ ROWS = (
     ("TeachText + denoising (worst 10 %)", "denoise_frac10", "student_teachtext", "test"),
     ("TeachText + denoising (worst 20 %)", "denoise_frac", "student_teachtext", "test"),
     ("TeachText + caption distillation", "caption", "student_teachtext", "test"),
-    ("TeachText + QB-Norm", "base", "student_teachtext", "test_qbnorm"),
-    ("CE baseline + QB-Norm", "base", "student_baseline", "test_qbnorm"),
+    ("TeachText + QB-Norm", "base", "student_teachtext", "qbnorm"),
+    ("CE baseline + QB-Norm", "base", "student_baseline", "qbnorm"),
     ("RKD instead of TeachText", "rkd", "student_rkd", "test"),
     ("2-expert CE baseline", "vmd", "student_baseline", "test"),
     ("2-expert student + video-modality distillation", "vmd", "student_teachtext", "test"),
@@ -99,15 +100,17 @@ def table(root: str, seeds: Sequence[int]) -> str:
   lines = ["| row | " + " | ".join(h for _, h in COLUMNS) + " | video dims | seeds |",
            "|---" * (len(COLUMNS) + 3) + "|"]
   for label, run, model, key in ROWS:
-    found = [runs[(s, run)][model] for s in seeds if (s, run) in runs
-             and key in runs[(s, run)].get(model, {})]
-    cells = [_cell([r[key]["t2v"][c] for r in found]) for c, _ in COLUMNS]
-    dims = {r["test_cost"]["video_input_dims"] for r in found}
+    found = [(runs[(s, run)]["models"][model][key], runs[(s, run)]["stages"][model])
+             for s in seeds if (s, run) in runs
+             and key in runs[(s, run)]["models"].get(model, {})]
+    cells = [_cell([m[f"t2v/{c}"] for m, _ in found]) for c, _ in COLUMNS]
+    dims = {r["test_cost"]["video_input_dims"] for _, r in found}
     lines.append(f"| {label} | " + " | ".join(cells) +
                  f" | {'/'.join(map(str, sorted(dims))) or '-'} | {len(found)} |")
   for run, rule in (("denoise", "rank >= 100"), ("denoise_frac10", "worst 10 %"),
                     ("denoise_frac", "worst 20 %")):
-    removal = [runs[(s, run)]["denoise"]["removal"] for s in seeds if (s, run) in runs]
+    removal = [runs[(s, run)]["stages"]["denoise"]["removal"] for s in seeds
+               if (s, run) in runs]
     if removal:
       lines += ["", f"Denoising ({rule}): removed " + _cell([r["removed"] for r in removal]) +
                 " of " + _cell([r["captions"] for r in removal]) + " training captions; "
@@ -115,8 +118,8 @@ def table(root: str, seeds: Sequence[int]) -> str:
                 _cell([100 * r["recall"] for r in removal]) + " % (noise " +
                 _cell([100 * r["noise_rate_before"] for r in removal]) + " % -> " +
                 _cell([100 * r["noise_rate_after"] for r in removal]) + " %)."]
-  costs = [(runs[(s, "vmd")]["student_teachtext"]["test_cost"],
-            runs[(s, "base")]["student_teachtext"]["test_cost"]) for s in seeds
+  costs = [(runs[(s, "vmd")]["stages"]["student_teachtext"]["test_cost"],
+            runs[(s, "base")]["stages"]["student_teachtext"]["test_cost"]) for s in seeds
            if (s, "vmd") in runs and (s, "base") in runs]
   if costs:
     lines += ["", "Video encoder at test time (2 vs 4 experts): parameters " +
@@ -127,12 +130,13 @@ def table(root: str, seeds: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir-root", required=True)
-  parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--run", action="store_true", help="train (finished stages are reused)")
-  parser.add_argument("--python", default=sys.executable)
-  parser.add_argument("--config", default=CONFIG, help="config (preset) every run starts from")
+  parser = cli.parser("launch/teachtext_ablation.py", __doc__.split("\n")[0],
+                      "python launch/teachtext_ablation.py --workdir_root=runs/tt_ablation --run")
+  cli.add(parser, "--workdir_root", required=True, help="one folder per seed and run below it")
+  cli.add(parser, "--seeds", default="0,1,2", help="comma-separated seeds")
+  cli.add(parser, "--run", action="store_true", help="train (finished stages are reused)")
+  cli.add(parser, "--python", default=sys.executable, help="interpreter for vtd.main")
+  cli.add(parser, "--config", default=CONFIG, help="config (preset) every run starts from")
   args, extra = parser.parse_known_args(argv)
   extra = [a for a in extra if a != "--"]
   seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -19,7 +19,14 @@
 # `--worker=all` does exactly that. vtd's default --config.distributed.mode=auto
 # detects the pod from the TPU metadata and calls jax.distributed.initialize()
 # with no arguments, so nothing host-specific is passed here. The workdir
-# should be shared storage (e.g. gs://) that every host can write to.
+# must be shared storage that every host can write to, e.g. gs://bucket/run:
+#   * install vtd with the gcs extra on every worker (pip install -e '.[gcs]'):
+#     vtd's own files (stage.json, results, artifacts, metrics) go through
+#     etils.epath, which reaches gs:// through fsspec's gcsfs;
+#   * orbax writes the checkpoints through tensorstore's own GCS driver;
+#   * TensorBoard event files on gs:// need google-cloud-storage (tensorboardX);
+#   * an object store has no file lock: make sure one job at a time uses a
+#     workdir (local and NFS workdirs are locked, see README).
 
 set -euo pipefail
 

@@ -55,8 +55,8 @@ def test_kill_minus_nine_then_resume_equals_uninterrupted(tmp_path):
                            capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "resuming from step" in resumed.stderr
-  assert "teacher_w2v: finished earlier" in resumed.stderr or \
-      "stage teacher_w2v: finished earlier" in resumed.stderr
+  assert "teacher_w2v (teacher, text embedding w2v): finished earlier with the same config, " \
+      "reusing" in resumed.stderr
   a, _, _ = artifacts.load_artifact(str(tmp_path / "ref" / "student_teachtext" / "model"))
   b, _, _ = artifacts.load_artifact(str(workdir / "student_teachtext" / "model"))
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

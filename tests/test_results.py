@@ -1,35 +1,61 @@
+"""results.json tables: columns from the evaluators, mean ± std, one-line errors."""
+
 import json
 
 import numpy as np
+import pytest
 
 from vtd import results
 
-
-def test_aggregate_mean_std(tmp_path):
-  paths = []
-  for seed, r1 in enumerate([10.0, 12.0, 14.0]):
-    run = {"student": {"test": {"t2v": {c: r1 for c in results.COLUMNS}}}}
-    path = tmp_path / f"{seed}.json"
-    path.write_text(json.dumps(run))
-    paths.append(str(path))
-  values = results.collect(paths)
-  assert values["student"]["t2v"]["R1"] == [10.0, 12.0, 14.0]
-  table = results.format_aggregate(values, directions=("t2v",))
-  assert "| student | 12.0 ± 2.0 |" in table  # std with ddof=1, as the official log parser.
-  assert np.isclose(np.std([10, 12, 14], ddof=1), 2.0)
+EVALUATORS = {"test": {"type": "retrieval", "split": "test",
+                       "columns": ["t2v/R1", "t2v/MdR", "v2t/R1"],
+                       "headers": ["t2v R@1", "t2v MdR", "v2t R@1"]},
+              "val": {"type": "retrieval", "split": "val", "columns": ["t2v/R1"],
+                      "headers": ["t2v R@1"]}}
 
 
-def test_flat_metrics_and_non_model_entries(tmp_path, capsys):
-  paths = []
-  for seed, j in enumerate([50.0, 54.0]):
-    run = {"data": "synthetic", "teacher": {"test": {"P": 90.0, "J": j}},
-           "gen1/evalseg": {"selection": {"kept": {"J": 70.0}}}}
-    path = tmp_path / f"{seed}.json"
-    path.write_text(json.dumps(run))
-    paths.append(str(path))
-  values = results.collect(paths)
-  assert values == {"teacher": {results.FLAT: {"P": [90.0, 90.0], "J": [50.0, 54.0]}}}
+def _write(tmp_path, name, method="teachtext", r1=10.0):
+  payload = {"method": method, "evaluators": EVALUATORS,
+             "models": {"student": {"test": {"t2v/R1": r1, "t2v/MdR": 3.0, "v2t/R1": 2 * r1,
+                                             "t2v/num_queries": 100.0},
+                                    "val": {"t2v/R1": r1 + 1, "t2v/num_queries": 40.0}}},
+             "stages": {}}
+  path = tmp_path / name
+  path.write_text(json.dumps(payload))
+  return str(path)
+
+
+def test_mean_std_with_columns_from_the_evaluators(tmp_path, capsys):
+  paths = [_write(tmp_path, f"{s}.json", r1=r1) for s, r1 in enumerate([10.0, 12.0, 14.0])]
   results.main(paths)
   out = capsys.readouterr().out
-  assert "| model | P | J |" in out
-  assert "| teacher | 90.0 ± 0.0 | 52.0 ± 2.8 |" in out
+  assert "| model | t2v R@1 | t2v MdR | v2t R@1 |" in out
+  assert "| student | 12.0 ± 2.0 | 3.0 ± 0.0 | 24.0 ± 4.0 |" in out  # ddof = 1.
+  assert "num_queries" not in out and "val (val)" not in out  # val only when asked for.
+  assert np.isclose(np.std([10, 12, 14], ddof=1), 2.0)
+  results.main(["--eval=val", *paths])
+  out = capsys.readouterr().out
+  assert "| student | 13.0 ± 2.0 |" in out and "num_queries" not in out
+  results.main(["--metrics=v2t", *paths])
+  assert "| model | v2t R@1 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metrics=t2w"], "no metric group ['t2w'] (have ['t2v', 'v2t'])"),
+    (["--eval=qbnorm"], "no evaluator ['qbnorm'] in the files (have ['test', 'val'])"),
+    (["--models=teacher"], "no model ['teacher'] with 'test' metrics (have ['student'])"),
+])
+def test_bad_arguments_are_one_line(tmp_path, capsys, args, message):
+  with pytest.raises(SystemExit) as e:
+    results.main([*args, _write(tmp_path, "a.json")])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+def test_missing_file_and_mixed_methods(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    results.main([str(tmp_path / "nope.json")])
+  assert e.value.code == 2 and "nope.json: no such file" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    results.main([_write(tmp_path, "a.json"), _write(tmp_path, "b.json", method="uts")])
+  assert "different methods (teachtext, uts)" in capsys.readouterr().err

@@ -14,11 +14,16 @@ kill -9 leaves a temporary directory that orbax ignores, so the previous checkpo
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from vtd import sharding
 
 _STATE = "state"
 _DATA_ITER = "data_iter"
@@ -42,7 +47,8 @@ class Checkpointer:
       raise ValueError(f"checkpoint keep_last must be >= 1, got {keep_last}")
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
-    self.directory = os.path.abspath(directory)
+    self.directory = (os.path.abspath(directory) if "://" not in str(directory)
+                      else str(directory))
     self.best_metric = best_metric
     policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep_last)]
     best_fn = None
@@ -89,6 +95,39 @@ class Checkpointer:
       items[_DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return restored[_STATE]
+
+  def restore_latest(self, abstract_state: Any, *, data_iter: Any = None
+                     ) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that restores; (None, None) if there is none.
+
+    A checkpoint that fails to restore (a kill or a full disk during a save, files removed by
+    hand) is moved to `<directory>_unreadable/<step>` with a warning naming it and the error,
+    and the previous one is tried: a damaged latest checkpoint costs the steps since the one
+    before, never the run.
+    """
+    # A failed restore may have moved the iterator; a fresh start needs its initial position.
+    initial = data_iter.get_state() if data_iter is not None else None
+    while (step := self.latest_step()) is not None:
+      try:
+        return step, self.restore(step, abstract_state, data_iter=data_iter)
+      except Exception as e:  # pylint: disable=broad-except  # Any damage; the cause is logged.
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+        target = self._move_aside(step)
+        logging.warning("checkpoint step %d in %s cannot be restored (%s); moved it to %s; "
+                        "trying the previous checkpoint", step, self.directory, reason, target)
+    if data_iter is not None:
+      data_iter.set_state(initial)
+    return None, None
+
+  def _move_aside(self, step: int) -> epath.Path:
+    source = epath.Path(self.directory) / str(step)
+    target = epath.Path(f"{self.directory}_unreadable") / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      source.rename(target)
+    sharding.sync(f"checkpoint-moved-{step}")
+    self._manager.reload()
+    return target
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

@@ -1,53 +1,68 @@
-r"""Evaluate an exported artifact on a split, without any training state.
+r"""Evaluate an exported model on a split, without any training code or state.
 
+  python -m vtd.export --workdir=runs/tt --model=student_teachtext --out=exports/tt_student
   python -m vtd.evaluate --artifact=exports/tt_student --split=test --output=metrics.json
 
-The data are those named by the artifact's config (the embedded dataset is regenerated
-deterministically); `--data_path` points a `source=npz` model at another copy of its data.
+Runs the evaluators of the artifact's own config (`config.evals`, all but `val`), pointed at
+`--split`. The data are those the artifact's config names (the embedded dataset is regenerated
+deterministically); `--data_path` points a model trained on files at another copy of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import sys
+from typing import Any
 
 from vtd import artifacts
+from vtd import cli
 from vtd import results
 from vtd.errors import UserError
+from vtd.evaluators import common as evaluators_lib
 
-# metadata['method'] -> module with evaluate_artifact(variables, config, metadata, split).
-EVALUATORS = {"teachtext": "vtd.teachtext.train"}
+# Each method's `vtd.<method>.evaluate.load_for_evaluation(variables, config, metadata,
+# data_path)` returns (model, context) for its evaluators.
+METHODS = ("teachtext", "segmentation", "uts")
 
 
-def evaluate_artifact(artifact_dir: str, split: str, data_path: str | None = None) -> dict:
-  variables, config, metadata = artifacts.load_artifact(artifact_dir)
-  if data_path:
-    config.data.path = data_path
+def evaluate_artifact(artifact_dir: str, split: str, data_path: str | None = None
+                      ) -> dict[str, Any]:
+  """{'artifact', 'model_name', 'split', 'evaluators', 'metrics'} of an exported model."""
+  try:
+    variables, config, metadata = artifacts.load_artifact(artifact_dir)
+  except FileNotFoundError as e:
+    raise UserError(str(e)) from None
   method = metadata.get("method")
-  if method not in EVALUATORS:
-    raise UserError(f"{artifact_dir}: unknown method {method!r}")
-  module = importlib.import_module(EVALUATORS[method])
-  metrics = module.evaluate_artifact(variables, config, metadata, split)
+  if method not in METHODS:
+    raise UserError(f"{artifact_dir}: unknown method {method!r} (expected one of {METHODS})")
+  module = importlib.import_module(f"vtd.{method}.evaluate")
+  evals_cfg = evaluators_lib.on_split(config.evals, split)
+  evaluators = evaluators_lib.from_config(evals_cfg)
+  model, context = module.load_for_evaluation(variables, config, metadata, data_path)
+  outcome = evaluators_lib.to_json(evaluators_lib.run_all(evaluators, model, context))
   return {"artifact": artifact_dir, "model_name": metadata.get("model_name"), "split": split,
-          "metrics": metrics}
+          "evaluators": evaluators_lib.describe(evaluators, evals_cfg), "metrics": outcome}
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m vtd.evaluate",
-                                   description=__doc__.split("\n")[0])
-  parser.add_argument("--artifact", required=True, help="Artifact directory (from vtd.export).")
-  parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-  parser.add_argument("--output", required=True, help="Metrics JSON to write.")
-  parser.add_argument("--data_path", default=None, help="Override config.data.path.")
+  parser = cli.parser("python -m vtd.evaluate", __doc__.split("\n")[0],
+                      "python -m vtd.evaluate --artifact=exports/tt_student --split=test "
+                      "--output=metrics.json")
+  cli.add(parser, "--artifact", required=True, help="Artifact directory (from vtd.export).")
+  cli.add(parser, "--split", default="test", choices=["train", "val", "test"])
+  cli.add(parser, "--output", required=True, help="Metrics JSON to write.")
+  cli.add(parser, "--data_path", default=None,
+                      help="Where the data are now, if not where the config says.")
   args = parser.parse_args(argv)
   try:
     result = evaluate_artifact(args.artifact, args.split, args.data_path)
-  except (UserError, FileNotFoundError) as e:
-    sys.exit(f"vtd.evaluate: error: {e}")
+  except UserError as e:
+    parser.error(str(e))
   artifacts.write_json_atomic(args.output, result)
-  print(results.format_table({result["model_name"]: result["metrics"]},
-                             title=f"{args.split} metrics of {args.artifact}"))
+  payload = {"models": {result["model_name"]: result["metrics"]["evals"]},
+             "evaluators": result["evaluators"]}
+  for name in result["evaluators"]:
+    print(results.format_table(payload, name,
+                               title=f"{name} on the {args.split} split of {args.artifact}"))
 
 
 if __name__ == "__main__":

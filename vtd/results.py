@@ -1,107 +1,202 @@
-"""Results tables: one run's `results.json`, or mean +- std over several (seeds).
+r"""Results: one run's `results.json` (written by every method), and tables over several runs.
 
-  python -m vtd.results [--models=a,b] [--directions=t2v,v2t] runs/sweep/*/results.json
+  python -m vtd.results runs/tt_sweep/*/results.json
+  python -m vtd.results --eval=test --metrics=t2v --models=student_baseline,student_teachtext \
+      runs/tt_sweep/*/results.json
 
-Every method's results.json maps model -> {split: metrics}. Metrics are either grouped by
-retrieval direction (TeachText: {t2v: {R1: ...}, v2t: {...}}; one table per direction, with
-R@1/5/10/50, MdR, MnR and the geometric mean of R@1/5/10) or flat (segmentation {P, J,
-CorLoc}, UTS {DSVR, CSVR, ISVR}; one table, columns in FLAT_ORDER, then file order). Cells are mean +- std
-(ddof = 1, as the official log parser), ready to paste into the README. Entries without the
-split (run descriptions, stage bookkeeping) are ignored.
+results.json (see `report`):
+  method      the method that wrote it
+  evaluators  name -> {type, split, ..., columns, headers}: what was evaluated, and the order
+              and headers of its metric columns (from the evaluator, not from a fixed list)
+  models      model (stage) -> evaluator name -> {column: value}
+  stages      stage -> its full result (as in its stage.json)
+
+The CLI prints one table per evaluator: rows are models, cells the mean ± std over the files
+(ddof = 1, as the official log parser), ready to paste into a README.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import Any, Mapping, Sequence
 
+import ml_collections
 import numpy as np
+from etils import epath
 
-COLUMNS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "geometric_mean_R1-R5-R10")
-HEADERS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "Geom")
-FLAT = ""  # The group of flat (not per-direction) metrics.
-# Column order of the flat tables (results.json is written with sorted keys); others follow.
-FLAT_ORDER = ("P", "J", "CorLoc", "DSVR", "CSVR", "ISVR")
+from vtd import artifacts
+from vtd import cli
+from vtd import metric_writers
+from vtd.evaluators import common as evaluators_lib
 
-
-def format_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]], *,
-                 title: str = "", directions: Sequence[str] = ("t2v", "v2t")) -> str:
-  """metrics[model][direction][column] -> markdown table (one run)."""
-  return format_aggregate({m: {d: {c: [v] for c, v in cols.items()} for d, cols in dirs.items()}
-                           for m, dirs in metrics.items()}, title=title, directions=directions)
+RESULTS_FILE = "results.json"
 
 
-def format_aggregate(values: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], *,
-                     title: str = "", directions: Sequence[str] = ("t2v", "v2t")) -> str:
-  """values[model][direction][column] = per-seed list -> markdown table of mean (+- std)."""
-  def columns(d):
-    if d != FLAT:
-      return list(zip(COLUMNS, HEADERS))
-    seen = dict.fromkeys(c for dirs in values.values() for c in dirs.get(FLAT, {}))
-    rank = lambda c: FLAT_ORDER.index(c) if c in FLAT_ORDER else len(FLAT_ORDER)
-    return [(c, c) for c in sorted(seen, key=rank)]
+def report(workdir: Any, config: ml_collections.ConfigDict, stage_results: Mapping[str, Any],
+           evaluators: Mapping[str, Any], *, title: str) -> dict[str, Any]:
+  """Writes results.json, the run's hparams and test metrics to TensorBoard
+  (`<workdir>/tb`), and prints one table per evaluator; returns the results.json payload.
 
-  header = ["model"] + [f"{d} {h}".strip() for d in directions for _, h in columns(d)]
-  lines = ([f"{title}", ""] if title else []) + [
-      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for model, dirs in values.items():
-    if not any(d in dirs for d in directions):
+  Stages report their evaluations under "evals" (and the validation metrics of their
+  selected checkpoint under "val").
+  """
+  workdir = epath.Path(workdir)
+  described = evaluators_lib.describe(evaluators, config.evals)
+  models: dict[str, dict[str, Any]] = {}
+  for stage, result in stage_results.items():
+    if not isinstance(result, Mapping):
       continue
-    cells = [model]
-    for d in directions:
-      for c, _ in columns(d):
-        xs = np.asarray(dirs.get(d, {}).get(c, []), float)
-        if xs.size == 0:
-          cells.append("-")
-        elif xs.size == 1:
-          cells.append(f"{xs[0]:.1f}")
-        else:
-          cells.append(f"{xs.mean():.1f} ± {xs.std(ddof=1):.1f}")
-    lines.append("| " + " | ".join(cells) + " |")
+    evals = dict(result.get("evals", {}))
+    if evaluators_lib.VALIDATION in described and result.get("val"):
+      evals[evaluators_lib.VALIDATION] = result["val"]
+    if evals:
+      models[stage] = evals
+  payload = {"method": config.method, "evaluators": described, "models": models,
+             "stages": dict(stage_results)}
+  artifacts.write_json_atomic(workdir / RESULTS_FILE, payload)
+  _to_tensorboard(workdir, config, payload)
+  for name in _reported(described):
+    print(format_table(payload, name, title=f"{title}: {name} ({workdir})"))
+    print()
+  return payload
+
+
+def _reported(described: Mapping[str, Any]) -> list[str]:
+  """Evaluators shown by default: all but validation, 'test' first."""
+  return sorted((n for n in described if n != evaluators_lib.VALIDATION),
+                key=lambda n: (n != "test", n))
+
+
+def _to_tensorboard(workdir: epath.Path, config, payload: Mapping[str, Any]) -> None:
+  """hparams (the flattened config) and every evaluator's metrics, at step 0."""
+  writer = metric_writers.MetricWriter(workdir, tensorboard=True, jsonl=False)
+  metrics = {f"{ev}/{model}/{col}": value for model, evals in payload["models"].items()
+             for ev, per_eval in evals.items() for col, value in per_eval.items()
+             if isinstance(value, (int, float))}
+  writer.write_hparams(_flatten(config.to_dict()), metrics)
+  writer.write_scalars(0, metrics)
+  writer.close()
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def curves(payload: Mapping[str, Any], kind: str, evaluator: str) -> dict[str, Any]:
+  """{model: curves of `kind`} of one evaluator (e.g. 'recall_at_k' of 'test')."""
+  out = {}
+  for stage, result in payload["stages"].items():
+    found = (result.get("eval_curves", {}).get(evaluator, {}).get(kind)
+             if isinstance(result, Mapping) else None)
+    if found:
+      out[stage] = found
+  return out
+
+
+def format_table(payload: Mapping[str, Any], evaluator: str, *, title: str = "",
+                 models: Sequence[str] | None = None, prefixes: Sequence[str] = ()) -> str:
+  """One run's metrics of `evaluator` as a markdown table."""
+  values = {m: {c: [v] for c, v in evals.get(evaluator, {}).items()}
+            for m, evals in payload["models"].items()}
+  return format_aggregate(values, payload["evaluators"][evaluator], title=title,
+                          models=models, prefixes=prefixes)
+
+
+def _columns(described: Mapping[str, Any], prefixes: Sequence[str]) -> list[tuple[str, str]]:
+  pairs = list(zip(described["columns"], described["headers"]))
+  return [(c, h) for c, h in pairs if not prefixes or c.split("/")[0] in prefixes]
+
+
+def format_aggregate(values: Mapping[str, Mapping[str, Sequence[float]]],
+                     described: Mapping[str, Any], *, title: str = "",
+                     models: Sequence[str] | None = None, prefixes: Sequence[str] = ()) -> str:
+  """values[model][column] = per-run list -> markdown table of mean (± std)."""
+  columns = _columns(described, prefixes)
+  lines = ([title, ""] if title else []) + [
+      "| model | " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+  for model in (models or list(values)):
+    cols = values.get(model, {})
+    if not any(c in cols for c, _ in columns):
+      continue
+    cells = []
+    for c, _ in columns:
+      xs = np.asarray(cols.get(c, []), float)
+      cells.append("-" if xs.size == 0 else f"{xs[0]:.1f}" if xs.size == 1
+                   else f"{xs.mean():.1f} ± {xs.std(ddof=1):.1f}")
+    lines.append(f"| {model} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
-def collect(results_files: Sequence[str], split: str = "test"
-            ) -> dict[str, dict[str, dict[str, list[float]]]]:
-  """Reads several results.json files -> values[model][direction or FLAT][column] lists."""
-  values: dict[str, Any] = {}
-  for path in results_files:
-    with open(path, encoding="utf-8") as f:
-      run = json.load(f)
-    for model, res in run.items():
-      if not isinstance(res, dict) or not isinstance(res.get(split), dict):
-        continue
-      for key, val in res[split].items():
-        group, cols = (key, val) if isinstance(val, dict) else (FLAT, {key: val})
-        for c, v in cols.items():
-          values.setdefault(model, {}).setdefault(group, {}).setdefault(c, []).append(v)
+def load(path: str) -> dict[str, Any]:
+  """A results.json, or a one-line error naming what is wrong with it."""
+  try:
+    payload = json.loads(epath.Path(path).read_text())
+  except FileNotFoundError:
+    raise ValueError(f"{path}: no such file") from None
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable results.json ({e})") from None
+  if not isinstance(payload, dict) or not {"method", "evaluators", "models"} <= set(payload):
+    raise ValueError(f"{path}: not a vtd results.json (written by an older vtd?); re-run "
+                     "the pipeline on its workdir to rewrite it")
+  return payload
+
+
+def collect(payloads: Sequence[Mapping[str, Any]], evaluator: str
+            ) -> dict[str, dict[str, list[float]]]:
+  """values[model][column] = list over runs, for one evaluator."""
+  values: dict[str, dict[str, list[float]]] = {}
+  for payload in payloads:
+    for model, evals in payload["models"].items():
+      for column, value in evals.get(evaluator, {}).items():
+        values.setdefault(model, {}).setdefault(column, []).append(value)
   return values
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m vtd.results",
-                                   description="mean ± std table over results.json files")
-  parser.add_argument("files", nargs="+", help="results.json files (one per seed/run)")
-  parser.add_argument("--models", default="",
-                      help="comma-separated rows to show, in this order (default: all)")
-  parser.add_argument("--directions", default="t2v,v2t",
-                      help="comma-separated retrieval directions; one table each")
-  parser.add_argument("--split", default="test")
+  parser = cli.parser("python -m vtd.results",
+                      "Mean ± std tables over results.json files (one per run or seed).",
+                      "python -m vtd.results --eval=test --metrics=t2v "
+                      "runs/tt_sweep/*/results.json")
+  cli.add(parser, "files", nargs="+", help="results.json files of one method")
+  cli.add(parser, "--eval", default="",
+                      help="comma-separated evaluators to show (default: all but val)")
+  cli.add(parser, "--models", default="", help="comma-separated rows, in this order")
+  cli.add(parser, "--metrics", default="",
+                      help="comma-separated column groups, e.g. t2v (default: all)")
   args = parser.parse_args(argv)
-  values = collect(args.files, args.split)
-  if args.models:
-    wanted = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in wanted if m not in values]
-    if unknown:
-      sys.exit(f"vtd.results: error: no model {unknown} in the files (have {sorted(values)})")
-    values = {m: values[m] for m in wanted}
-  groups = [FLAT] if any(FLAT in dirs for dirs in values.values()) else []
-  groups += [d for d in args.directions.split(",") if any(d in v for v in values.values())]
-  for d in groups:
-    print(format_aggregate(values, directions=(d,), title=(
-        f"{args.split} {d or 'metrics'}, mean ± std over {len(args.files)} run(s)")))
+  try:
+    payloads = [load(f) for f in args.files]
+  except ValueError as e:
+    parser.error(str(e))
+  methods = sorted({p["method"] for p in payloads})
+  if len(methods) > 1:
+    parser.error(f"the files come from different methods ({', '.join(methods)}); give the "
+                 "results of one method at a time")
+  described = payloads[0]["evaluators"]
+  names = [n.strip() for n in args.eval.split(",") if n.strip()] or _reported(described)
+  unknown = [n for n in names if n not in described]
+  if unknown:
+    parser.error(f"no evaluator {unknown} in the files (have {sorted(described)})")
+  prefixes = [p.strip() for p in args.metrics.split(",") if p.strip()]
+  groups = {c.split("/")[0] for n in names for c in described[n]["columns"]}
+  if set(prefixes) - groups:
+    parser.error(f"no metric group {sorted(set(prefixes) - groups)} (have {sorted(groups)})")
+  models = [m.strip() for m in args.models.split(",") if m.strip()] or None
+  for name in names:
+    values = collect(payloads, name)
+    missing = [m for m in models or [] if m not in values]
+    if missing:
+      parser.error(f"no model {missing} with {name!r} metrics (have {sorted(values)})")
+    print(format_aggregate(values, described[name], models=models, prefixes=prefixes,
+                           title=f"{name} ({described[name].get('split', '')}), mean ± std "
+                                 f"over {len(payloads)} run(s)"))
     print()
 
 

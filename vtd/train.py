@@ -9,7 +9,6 @@ metric writing, progress, periodic validation with keep-best, and a NaN/inf guar
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, Iterator, Mapping
 
 import flax
@@ -19,18 +18,23 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
 from vtd import checkpointing
 from vtd import metric_writers
+from vtd import plots
 from vtd import sharding
+from vtd.errors import UserError
 
 # (params, batch_stats, batch, frozen, rng) -> (loss, (measurements, new_batch_stats))
 LossFn = Callable[[Any, Any, Any, Any, jax.Array], tuple[jax.Array, tuple[dict, Any]]]
 
 
-class NonFiniteLossError(RuntimeError):
-  """Training produced a NaN/inf loss or gradient; the message names the step."""
+class NonFiniteLossError(UserError):
+  """Training produced a NaN/inf loss or gradient; the message names the step and what to do.
+
+  A user error: it comes from the config (learning rate, loss weights) or the data."""
 
 
 @flax.struct.dataclass
@@ -130,8 +134,30 @@ def _check_finite(step: int, measurements: Mapping[str, Any], last_good: int | N
   if bad:
     raise NonFiniteLossError(
         f"non-finite {', '.join(bad)} at step {step}; last good checkpoint: "
-        f"{'step ' + str(last_good) if last_good is not None else 'none'} in {ckpt_dir}")
+        f"{'step ' + str(last_good) if last_good is not None else 'none'} in {ckpt_dir}; "
+        "lower config.optim.lr or set config.optim.grad_clip_norm, and check the data")
   return values
+
+
+def _key_metrics(metrics: Mapping[str, float], loop_cfg) -> list[tuple[str, float]]:
+  """The checkpoint-selection metric, or the first two, for one console line."""
+  if loop_cfg.best_metric and loop_cfg.best_metric in metrics:
+    return [(loop_cfg.best_metric, metrics[loop_cfg.best_metric])]
+  return sorted(metrics.items())[:2]
+
+
+def _log_validation(name: str, step: int, metrics: Mapping[str, float], loop_cfg,
+                    best: tuple[int, float] | None) -> tuple[int, float] | None:
+  """One line per validation (every metric is in metrics.jsonl and TensorBoard)."""
+  shown = _key_metrics(metrics, loop_cfg)
+  text = ", ".join(f"{k} {v:.4g}" for k, v in shown)
+  if loop_cfg.best_metric in metrics:
+    value = metrics[loop_cfg.best_metric]
+    if best is None or (value > best[1] if loop_cfg.best_mode == "max" else value < best[1]):
+      best = (step, value)
+    text += f" (best {best[1]:.4g} at step {best[0]})"
+  logging.info("%s step %d validation: %s", name, step, text)
+  return best
 
 
 def fit(program: Program, loop_cfg: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
@@ -152,41 +178,51 @@ def fit(program: Program, loop_cfg: ml_collections.ConfigDict, workdir: str, mes
   """
   track_best = program.evaluate is not None and loop_cfg.best_metric
   ckpt = checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep_last=loop_cfg.keep_last,
+      epath.Path(workdir) / "checkpoints", keep_last=loop_cfg.keep_last,
       best_metric=loop_cfg.best_metric if track_best else None, best_mode=loop_cfg.best_mode,
       enable_async=loop_cfg.async_checkpointing)
-  writer = metric_writers.MetricWriter(workdir, tensorboard=loop_cfg.tensorboard,
-                                       prefix=program.name)
+  writer = metric_writers.MetricWriter(workdir, tensorboard=loop_cfg.tensorboard)
   try:
-    return _fit(program, loop_cfg, mesh, seed, ckpt, writer)
+    result = _fit(program, loop_cfg, mesh, seed, ckpt, writer)
   finally:
     ckpt.close()
     writer.close()
+  if jax.process_index() == 0:
+    plots.training_curves(epath.Path(workdir) / "metrics.jsonl",
+                          epath.Path(workdir) / "curves.png", title=program.name,
+                          val_metric=loop_cfg.best_metric if track_best else "",
+                          selected_step=result.step)
+  return result
 
 
 def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
   state = create_state(program, mesh, seed)
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   frozen = None if program.frozen is None else sharding.replicate(program.frozen, mesh)
-  start = ckpt.latest_step()
+  start, restored = ckpt.restore_latest(checkpointing.abstract_like(state),
+                                        data_iter=program.train_iter)
   if start is not None:
     logging.info("%s: resuming from step %d in %s", program.name, start, ckpt.directory)
-    state = ckpt.restore(start, checkpointing.abstract_like(state), data_iter=program.train_iter)
+    state = restored
   start = start or 0
+  writer.truncate_after(start)  # Rows logged after the restored step are replayed.
   last_good = start if start else None
   train_step = make_train_step(program, mesh, state_sharding)
   progress = metric_writers.ProgressReporter(program.num_steps, start,
                                              every=loop_cfg.log_every_steps, prefix=program.name)
-  if start == 0:
-    logging.info("%s: compiling the first step...", program.name)
+  if start < program.num_steps:
+    logging.info("%s: compiling the training step...", program.name)
   window: list[dict[str, float]] = []
   pending = None  # (step, device measurements): checked one step late to keep dispatch async.
   metrics: dict[str, float] = {}
+  best_so_far: tuple[int, float] | None = None
   with jax.set_mesh(mesh):
     for step in range(start + 1, program.num_steps + 1):
       batch = sharding.shard_batch(next(program.train_iter), mesh)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, measurements = train_step(state, batch, frozen)
+      if step == start + 1:
+        progress.start_clock(step)  # Compiled and dispatched: rates exclude compilation.
       if pending is not None:
         window.append(_check_finite(*pending, last_good, ckpt.directory))
       pending = (step, measurements)
@@ -198,8 +234,8 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
         window.append(_check_finite(*pending, last_good, ckpt.directory))
         pending = None
       if log_now:
-        rate = progress(step)
         mean = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
+        rate = progress(step, mean)
         if rate is not None:
           mean["steps_per_sec"] = rate
         writer.write_scalars(step, {f"train/{k}": v for k, v in mean.items()})
@@ -208,6 +244,7 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
       if eval_now:
         metrics = program.evaluate(sharding.to_local(state.variables))
         writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
+        best_so_far = _log_validation(program.name, step, metrics, loop_cfg, best_so_far)
       if save_now:
         ckpt.save(step, state, data_iter=program.train_iter,
                   metrics=(metrics or None) if ckpt.best_metric else None)
@@ -220,6 +257,6 @@ def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
     state = ckpt.restore(best, checkpointing.abstract_like(state))
   if program.evaluate is not None and (best != program.num_steps or not metrics):
     metrics = program.evaluate(sharding.to_local(state.variables))
-  logging.info("%s: selected step %d of %d %s", program.name, best, program.num_steps,
-               metrics)
+  logging.info("%s: selected step %d of %d%s", program.name, best, program.num_steps,
+               "".join(f" ({k} {v:.4g})" for k, v in _key_metrics(metrics, loop_cfg)))
   return FitResult(variables=sharding.to_local(state.variables), step=int(best), metrics=metrics)

@@ -50,7 +50,7 @@ def test_roundtrip_and_task_unions(tmp_path):
     ("{not json", "not valid JSON"),
     ("[]", "JSON object"),
     ("{}", "no queries"),
-    ('{"q": ["a"]}', "query q"),
+    ('{"q": ["a"]}', "query 'q'"),
     ('{"q": {"XX": ["a"]}}', "unknown label 'XX'"),
     ('{"q": {"ND": "a"}}', "list of non-empty id strings"),
     ('{"q": {"ND": [1]}}', "list of non-empty id strings"),
@@ -77,3 +77,18 @@ def test_bad_dataset_ids(tmp_path):
     fivr.load_dataset_ids(str(tmp_path / "missing.txt"))
   with pytest.raises(UserError, match="task"):
     fivr.task_positives({"q": {}}, "XSVR")
+
+
+def test_unreadable_files_are_one_line_user_errors(tmp_path):
+  deep = tmp_path / "annotation.json"
+  deep.write_text("[" * 100_000)  # json's decoder recurses per level.
+  with pytest.raises(UserError, match=r"annotation\.json: damaged .*\(RecursionError: "):
+    fivr.load_annotation(str(deep))
+  with pytest.raises(UserError, match=r"cannot read FIVR annotation file .* \(Is a directory\)"):
+    fivr.load_annotation(str(tmp_path))
+  with pytest.raises(UserError, match=r"cannot read FIVR dataset id file .* \(Is a directory\)"):
+    fivr.load_dataset_ids(str(tmp_path))
+  binary = tmp_path / "ids.txt"
+  binary.write_bytes(b"abc\x00def\n")
+  with pytest.raises(UserError, match=r"ids\.txt:1: a NUL byte in a video id"):
+    fivr.load_dataset_ids(str(binary))

@@ -1,5 +1,6 @@
 import os
 import re
+import struct
 
 import cv2
 import numpy as np
@@ -139,11 +140,85 @@ def test_scan_and_load_skip_unreadable(tmp_path, content, monkeypatch):
 
   warnings = []
   monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
-  videos, skipped = video_io.load_videos(paths, size=(24, 32))
+  videos, skipped, incomplete = video_io.load_videos(paths, size=(24, 32))
   assert [v.shape for v in videos] == [(4, 24, 32, 3), (5, 24, 32, 3), (T, 24, 32, 3)]
   assert [p for p, _ in skipped] == [paths[1]] and "broken.MP4" in skipped[0][1]
+  assert incomplete == []  # Complete files decode every frame their containers report.
   assert len(warnings) == 1 and "broken.MP4" in warnings[0]
   with pytest.raises(UserError, match="broken.MP4"):
     video_io.load_videos(paths, on_error="raise")
   with pytest.raises(UserError, match="on_error"):
     video_io.load_videos(paths, on_error="ignore")
+
+
+def _mp4_boxes(data, start, end):
+  """(type, offset, header size, size) of the ISO-BMFF boxes in data[start:end]."""
+  pos = start
+  while pos + 8 <= end:
+    size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+    header = 8
+    if size == 1:
+      size, header = struct.unpack(">Q", data[pos + 8:pos + 16])[0], 16
+    elif size == 0:
+      size = end - pos
+    yield kind, pos, header, size
+    pos += size
+
+
+def _faststart(data: bytes) -> bytes:
+  """The mp4 with its `moov` box moved before `mdat` and every chunk offset (stco / co64)
+  shifted by moov's size, as `ffmpeg -movflags faststart` does: the layout of streamed and
+  most downloaded mp4 files. OpenCV's writer puts moov last, and a file cut before its moov
+  does not open at all; cut after a leading moov, its first part decodes."""
+  top = list(_mp4_boxes(data, 0, len(data)))
+  _, moov_at, _, moov_size = next(b for b in top if b[0] == b"moov")
+  moov = bytearray(data[moov_at:moov_at + moov_size])
+
+  def shift(start, end):
+    for kind, pos, header, size in _mp4_boxes(moov, start, end):
+      if kind in (b"trak", b"mdia", b"minf", b"stbl"):
+        shift(pos + header, pos + size)
+      elif kind in (b"stco", b"co64"):
+        fmt, width = (">I", 4) if kind == b"stco" else (">Q", 8)
+        (count,) = struct.unpack(">I", moov[pos + header + 4:pos + header + 8])
+        for i in range(count):
+          at = pos + header + 8 + i * width
+          (offset,) = struct.unpack(fmt, moov[at:at + width])
+          moov[at:at + width] = struct.pack(fmt, offset + moov_size)
+
+  shift(8, moov_size)
+  out = b""
+  for kind, pos, _, size in top:
+    if kind == b"mdat":
+      out += bytes(moov)
+    if kind != b"moov":
+      out += data[pos:pos + size]
+  return out
+
+
+@pytest.mark.parametrize("ext,fourcc", [("mp4", "mp4v"), ("avi", "MJPG")])
+def test_truncated_video_warns_with_both_counts(tmp_path, monkeypatch, ext, fourcc):
+  count = 60
+  path = tmp_path / f"clip.{ext}"
+  _write_video(str(path), fourcc, np.stack([_content(t % T) for t in range(count)]))
+  data = path.read_bytes()
+  if ext == "mp4":
+    data = _faststart(data)
+    path.write_bytes(data)
+  cut = tmp_path / f"half.{ext}"
+  cut.write_bytes(data[:len(data) // 2])
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *args: warnings.append(msg % args))
+
+  assert len(video_io.read_video(str(path))) == count and not warnings  # Complete: silent.
+  decoded = len(video_io.read_video(str(cut)))
+  assert 5 <= decoded < count
+  assert warnings == [f"video file {cut}: decoded {decoded} of the {count} frames its "
+                      f"container reports (truncated or damaged?); using the {decoded} decoded "
+                      f"ones"]
+  videos, skipped, incomplete = video_io.load_videos([str(path), str(cut)], stride=2)
+  assert not skipped and [len(v) for v in videos] == [count // 2, (decoded + 1) // 2]
+  assert incomplete == [video_io.IncompleteVideo(str(cut), decoded, count)]
+  assert len(warnings) == 2 and str(cut) in warnings[1]
+  video_io.read_video(str(cut), max_frames=3)  # Stopped by max_frames: nothing to report.
+  assert len(warnings) == 2

@@ -178,3 +178,25 @@ def test_pipeline_on_video_files_with_object_discovery_test(tmp_path, real_input
     assert json.load(f)["videopca_teacher"]["train_data"]["skipped_files"][0].endswith(
         "broken.mp4")
   assert "| gen1/lowres_net |" in seg_train.format_results(results, str(workdir))
+
+
+def test_summary_records_videos_that_decode_short(tmp_path, real_inputs):
+  """A truncated avi is used with the frames it has, and listed with both frame counts in the
+  summary the teacher stage writes to results.json (train_data)."""
+  root, data = real_inputs
+  videos = tmp_path / "videos"
+  os.makedirs(videos)
+  frames = np.concatenate([data.train[0].frames] * 4)  # 48 frames.
+  _write_avi(videos / "full.avi", frames)
+  raw = (videos / "full.avi").read_bytes()
+  (videos / "half.avi").write_bytes(raw[:len(raw) // 2])
+  config = _real_config(tmp_path, root)
+  config.data.videos = str(videos)
+  train = input_pipeline.load_train_videos(config)
+  decoded = len(train.videos[train.names.index(str(videos / "half.avi"))])
+  assert 0 < decoded < len(frames)
+  summary = json.loads(json.dumps(train.summary()))
+  assert summary["videos"] == 2 and summary["skipped"] == 0 and summary["incomplete"] == 1
+  assert summary["incomplete_files"] == [{"path": str(videos / "half.avi"),
+                                          "decoded_frames": decoded,
+                                          "reported_frames": len(frames)}]

@@ -1,7 +1,7 @@
 import pytest
 
 from configs import teachtext as teachtext_config
-from vtd.data import synthetic_retrieval
+from vtd.teachtext.data import synthetic_retrieval
 
 
 @pytest.fixture(scope="session")

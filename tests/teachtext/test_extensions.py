@@ -10,9 +10,10 @@ import pytest
 
 from launch import teachtext_ablation
 from vtd import main as vtd_main
-from vtd.data import retrieval as retrieval_data
-from vtd.data import synthetic_retrieval
+from vtd.teachtext.data import retrieval as retrieval_data
+from vtd.teachtext.data import synthetic_retrieval
 from vtd.errors import UserError
+from vtd.evaluators import qbnorm
 from vtd.evaluators.retrieval import metrics_from_ranks
 from vtd.teachtext import denoise
 from vtd.teachtext import evaluate as tt_evaluate
@@ -91,12 +92,12 @@ def _official_dis(test, bank, beta, k):
   return out
 
 
-def test_evaluate_qbnorm_matches_official_procedure(tiny_data, smoke_config):
+def test_qbnorm_evaluator_matches_official_procedure(tiny_data, smoke_config):
   model, variables = _random_model(smoke_config, tiny_data.train)
   beta, k = 5.0, 2
-  got = tt_evaluate.evaluate_qbnorm(model, variables, bank=tiny_data.train, test=tiny_data.test,
-                                    text_embedding="gpt", beta=beta, k=k, bank_chunk=7,
-                                    chunk_size=16, query_chunk=5)
+  scorer = tt_evaluate.Scorer.single(model, variables, "gpt", chunk_size=16)
+  got = qbnorm.Evaluator(split="test", bank="train", beta=beta, k=k, bank_chunk=7,
+                         query_chunk=5).run(scorer, tiny_data)
   test_emb = tt_evaluate.embed_split(model, variables, tiny_data.test, "gpt")
   bank_emb = tt_evaluate.embed_split(model, variables, tiny_data.train, "gpt")
   rows = np.flatnonzero(tiny_data.train.caption_mask.reshape(-1))
@@ -109,8 +110,11 @@ def test_evaluate_qbnorm_matches_official_procedure(tiny_data, smoke_config):
   ranks = [np.sum(scores[q] > scores[q, q // n_k]) for q in valid]  # No ties here.
   want = metrics_from_ranks(np.array(ranks))
   for key in ("R1", "R5", "R10", "MdR", "MnR"):
-    assert got["t2v"][key] == pytest.approx(want[key])
-  assert "v2t" not in got  # DIS rows are on different scales: no column ranking.
+    assert got.metrics[f"t2v/{key}"] == pytest.approx(want[key])
+  # DIS rows are on different scales: no column ranking.
+  assert not any(c.startswith("v2t") for c in got.metrics)
+  assert got.info["querybank_size"] == len(rows)
+  assert got.curves["recall_at_k"]["t2v"][0] == pytest.approx(want["R1"], abs=1e-3)
 
 
 def test_video_cost_counts_only_the_models_experts(tiny_data, smoke_config):
@@ -137,7 +141,7 @@ def test_pipeline_with_every_extension(tmp_path):
   config.within.caption_weight = 1.0
   config.within.video_weight = 0.5
   config.denoise.fraction = 0.2
-  config.qbnorm.enabled = True
+  config.evals.qbnorm.enabled = True
   results = vtd_main.run(config, str(tmp_path / "run"))
   removal = results["denoise"]["removal"]
   assert removal["removed"] == round(0.2 * removal["captions"]) and removal["noisy"] > 0
@@ -146,7 +150,8 @@ def test_pipeline_with_every_extension(tmp_path):
   assert student["train_captions"] == removal["captions"] - removal["removed"]
   assert student["test_cost"]["experts"] == ["appearance"]
   assert results["teacher_gpt"]["test_cost"]["experts"] == ["appearance", "audio"]
-  assert set(student["test_qbnorm"]) == {"t2v"} and student["qbnorm"]["querybank_size"] == 320
+  assert all(c.startswith("t2v/") for c in student["evals"]["qbnorm"])
+  assert student["eval_info"]["qbnorm"]["querybank_size"] == 320
   records = [json.loads(line) for line in open(tmp_path / "run" / "student_rkd" /
                                                 "metrics.jsonl")]
   logged = set().union(*records)
@@ -158,7 +163,7 @@ def test_pipeline_with_every_extension(tmp_path):
   table = teachtext_ablation.table(str(tmp_path / "abl"), [0])
   row = [l for l in table.splitlines() if l.startswith("| RKD instead")][0]
   assert row.endswith("| 64 | 1 |")
-  assert f"{student['test']['t2v']['R1']:.1f}" in row
+  assert f"{student['evals']['test']['t2v/R1']:.1f}" in row
 
 
 def test_ablation_commands_reuse_the_base_teachers():

@@ -44,13 +44,23 @@ def test_results_for_every_model(finished_run):
   _, workdir, results = finished_run
   with open(workdir / "results.json") as f:
     on_disk = json.load(f)
-  assert sorted(on_disk) == sorted(MODELS + ["teacher_ensemble"])
-  assert on_disk["teacher_ensemble"]["test"]["t2v"]["num_queries"] > 16
+  assert on_disk["method"] == "teachtext"
+  assert sorted(on_disk["models"]) == sorted(MODELS + ["teacher_ensemble"])
+  assert sorted(on_disk["evaluators"]) == ["test", "val"]  # qbnorm is off by default.
+  assert on_disk["evaluators"]["test"]["columns"][0] == "t2v/R1"
+  assert on_disk["models"]["teacher_ensemble"]["test"]["t2v/num_queries"] > 16
   for name in MODELS:
-    t2v = on_disk[name]["test"]["t2v"]
-    assert 0 <= t2v["R1"] <= t2v["R5"] <= t2v["R10"] <= t2v["R50"] <= 100
-    assert on_disk[name]["test"]["v2t"]["num_queries"] == 16
+    test = on_disk["models"][name]["test"]
+    assert 0 <= test["t2v/R1"] <= test["t2v/R5"] <= test["t2v/R10"] <= test["t2v/R50"] <= 100
+    assert test["v2t/num_queries"] == 16
     assert os.path.isfile(workdir / name / "model" / artifacts.VARIABLES)
+    curve = on_disk["stages"][name]["eval_curves"]["test"]["recall_at_k"]["t2v"]
+    assert curve[0] == pytest.approx(test["t2v/R1"], abs=1e-3)
+    assert curve[9] == pytest.approx(test["t2v/R10"], abs=1e-3)
+    assert os.path.isfile(workdir / name / "curves.png")
+  assert os.path.isfile(workdir / "plots" / "recall_at_k.png")
+  assert os.listdir(workdir / "tb")  # hparams and test metrics for TensorBoard.
+  on_disk = on_disk["stages"]
   tt = on_disk["student_teachtext"]
   assert tt["distill_weight"] == 1.0 and len(tt["teachers"]) == 3
   records = metric_writers.read_jsonl(workdir / "student_teachtext" / "metrics.jsonl")
@@ -78,11 +88,12 @@ def test_export_then_evaluate_reproduces_test_metrics(finished_run, tmp_path):
                                             artifacts.METADATA])
   assert meta["exported_from"].endswith("student_teachtext")
   got = evaluate_lib.evaluate_artifact(str(out), "test")
-  for d in ("t2v", "v2t"):
-    for k, v in results["student_teachtext"]["test"][d].items():
-      np.testing.assert_allclose(got["metrics"][d][k], v, rtol=1e-6)
-  with pytest.raises(FileNotFoundError, match="no finished model 'student_nope'"):
-    export_lib.export(str(workdir), "student_nope", str(tmp_path / "x"))
+  for k, v in results["student_teachtext"]["evals"]["test"].items():
+    np.testing.assert_allclose(got["metrics"]["evals"]["test"][k], v, rtol=1e-6)
+  assert export_lib.exportable(str(workdir)) == sorted(MODELS)
+  with pytest.raises(UserError, match="no exportable model 'teacher_ensemble' in .*; "
+                                      "exportable: student_baseline, student_teachtext"):
+    export_lib.export(str(workdir), "teacher_ensemble", str(tmp_path / "x"))
 
 
 def _main_cli(*args, cwd=REPO):
@@ -101,7 +112,8 @@ def test_missing_data_path_is_one_line_error(tmp_path):
                    "--config.data.source=npz", f"--config.data.path={tmp_path}/nope.npz")
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1] == (
-      f"vtd: error: retrieval data file not found: {tmp_path}/nope.npz")
+      f"vtd: error: retrieval data file not found: {tmp_path}/nope.npz; fix config.data.path "
+      "(a vtd retrieval .npz, e.g. from python -m vtd.teachtext.data.ce_features)")
 
 
 def test_batch_not_divisible_by_devices_is_one_line_error(tmp_path):
@@ -128,3 +140,59 @@ def test_embedding_dim_mismatch_is_an_error(finished_run, tmp_path):
   with pytest.raises(UserError, match="embedding-dim mismatch: teacher teacher_gpt .* expects "
                                       "gpt_xl features of dim 64, the data has 96"):
     vtd_main.run(config, str(tmp_path / "run"))
+
+
+def _actions(caplog):
+  """{stage: 'reusing' | 're-evaluating' | 'rerunning' | 'running'} from the stage log lines."""
+  out = {}
+  for r in caplog.records:
+    msg = r.getMessage()
+    if msg.startswith("stage ") and ": " in msg:
+      name = msg.split(" ")[2]
+      for word in ("reusing", "re-evaluating", "rerunning", "running", "resuming"):
+        if word in msg.rsplit(": ", 1)[-1] or msg.endswith(word):
+          out[name] = word
+          break
+  return out
+
+
+def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_path, caplog):
+  import logging
+  import shutil
+  caplog.set_level(logging.INFO, logger="absl")
+  config, workdir, results = finished_run
+  work = tmp_path / "run"
+  shutil.copytree(workdir, work)
+  # Logging cadence cannot change a result: everything is reused.
+  config = tiny_config(tmp_path)
+  config.train.log_every_steps = 3
+  assert vtd_main.run(config, str(work)) == results
+  assert set(_actions(caplog).values()) == {"reusing"}
+  # An evaluation-only key: every trained model is re-evaluated, nothing retrained.
+  caplog.clear()
+  config.evals.qbnorm.enabled = True
+  again = vtd_main.run(config, str(work))
+  assert _actions(caplog) == {m: "re-evaluating" for m in MODELS + ["teacher_ensemble"]}
+  assert "qbnorm" in again["student_teachtext"]["evals"]
+  assert again["student_teachtext"]["step"] == results["student_teachtext"]["step"]
+  assert not (work / "superseded").exists()
+  # A key only the distilled student reads: only it reruns; the old one is kept.
+  caplog.clear()
+  config.distill.weight = 2.0
+  again = vtd_main.run(config, str(work))
+  assert _actions(caplog) == {**{m: "reusing" for m in MODELS if m != "student_teachtext"},
+                              "teacher_ensemble": "reusing", "student_teachtext": "rerunning"}
+  assert again["student_teachtext"]["distill_weight"] == 2.0
+  (stamp,) = os.listdir(work / "superseded")
+  assert os.listdir(work / "superseded" / stamp) == ["student_teachtext"]
+  with open(work / "results.json") as f:
+    assert json.load(f)["stages"]["student_teachtext"]["distill_weight"] == 2.0
+  # strict: a changed key stops the run with one line naming it.
+  config.runtime.reuse = "strict"
+  config.optim.lr = 0.5
+  with pytest.raises(UserError, match=r"teacher_w2v .*config changed \(optim.lr 0.001 -> 0.5\)"):
+    vtd_main.run(config, str(work))
+  # Paths in results are relative to the workdir, so a moved workdir still points right.
+  assert again["student_teachtext"]["artifact"] == "student_teachtext/model"
+  assert again["student_teachtext"]["teachers"] == [f"teacher_{e}/model"
+                                                   for e in ("w2v", "gpt", "gpt_xl")]

@@ -15,7 +15,7 @@ from vtd.errors import UserError
 from vtd import sharding
 from vtd.teachtext import input_pipeline
 from vtd.teachtext import teachers as teachers_lib
-from vtd.teachtext import train as tt_train
+from vtd.teachtext import losses as tt_losses
 
 
 @pytest.mark.parametrize("teacher_mode", ["live", "cached"])
@@ -34,7 +34,9 @@ def test_eight_devices_equal_one(tiny_data, smoke_config, teacher_mode):
   if teacher_mode == "cached":
     teacher_vars = [teachers_lib.cache_embeddings(t, v, split, chunk_size=16)
                     for t, v in zip(teacher_models, teacher_vars)]
-  loss_fn = tt_train.make_loss_fn(model, "gpt_xl", smoke_config, 1.0, tuple(teacher_models))
+  loss_fn = tt_losses.make_loss_fn(model, "gpt_xl", smoke_config.loss, distill_weight=1.0,
+                                   teachers=tuple(teacher_models),
+                                   distill_cfg=smoke_config.distill)
 
   def loss_and_grads(mesh):
     batch_g = sharding.shard_batch(batch, mesh)

@@ -4,7 +4,7 @@ import numpy as np
 from vtd import artifacts
 from vtd.teachtext import input_pipeline
 from vtd.teachtext import teachers as teachers_lib
-from vtd.teachtext import train as tt_train
+from vtd.teachtext import trainer as tt_train
 
 
 def test_cached_equals_live(tiny_data, smoke_config, tmp_path):
@@ -20,7 +20,7 @@ def test_cached_equals_live(tiny_data, smoke_config, tmp_path):
       "model_name": "teacher_w2v", "text_embedding": "w2v",
       "expert_shapes": [list(s) for s in model.expert_shapes]})
   teacher, loaded = teachers_lib.load_teacher(str(tmp_path / "t"))
-  tt_train._check_teacher(teacher, loaded, tiny_data)
+  tt_train.check_teacher(teacher, loaded, tiny_data)
   cache = teachers_lib.cache_embeddings(teacher, loaded, split, chunk_size=16)
   live = teachers_lib.teacher_similarities([teacher], [loaded], batch, "live")
   cached = teachers_lib.teacher_similarities([teacher], [cache], batch, "cached")

@@ -13,6 +13,7 @@ import os
 from typing import Any, Iterable, Mapping
 
 from vtd import artifacts
+from vtd.data import file_errors
 from vtd.data import id_lists
 from vtd.errors import UserError
 
@@ -31,29 +32,31 @@ def validate_annotation(annotation: Any, source: str = "annotation") -> Annotati
     raise UserError(f"{source}: no queries")
   for query, labels in annotation.items():
     if not isinstance(query, str) or not query:
-      raise UserError(f"{source}: query ids must be non-empty strings, got {query!r}")
+      raise UserError(f"{source}: query ids must be non-empty strings, got {query!r:.80}")
     if not isinstance(labels, Mapping):
-      raise UserError(f"{source}: query {query}: expected an object {{label: [ids]}}, got "
+      raise UserError(f"{source}: query {query!r}: expected an object {{label: [ids]}}, got "
                       f"{type(labels).__name__}")
     for label, ids in labels.items():
       if label not in LABELS:
-        raise UserError(f"{source}: query {query}: unknown label {label!r} (expected one of "
-                        f"{', '.join(LABELS)})")
+        raise UserError(f"{source}: query {query!r}: unknown label {label[:40]!r} (expected "
+                        f"one of {', '.join(LABELS)})")
       if not isinstance(ids, list) or not all(isinstance(v, str) and v for v in ids):
-        raise UserError(f"{source}: query {query}, label {label}: expected a list of "
+        raise UserError(f"{source}: query {query!r}, label {label}: expected a list of "
                         f"non-empty id strings")
   return {q: {lab: list(ids) for lab, ids in labels.items()} for q, labels in annotation.items()}
 
 
 def load_annotation(path: str) -> Annotation:
   """Reads and validates FIVR's annotation.json."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
-  except FileNotFoundError as e:
-    raise UserError(f"{path}: FIVR annotation file not found") from e
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: not valid JSON ({e})") from e
+  if not os.path.exists(path):
+    raise UserError(f"{path}: FIVR annotation file not found; check the path")
+  expected = "expected FIVR-200K's annotation.json, {query id: {label: [video ids]}}"
+  with file_errors.reading(path, "FIVR annotation file", expected):  # RecursionError, OSError.
+    try:
+      with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise UserError(f"{path}: not valid JSON ({file_errors.describe(e)}); {expected}") from e
   return validate_annotation(data, path)
 
 

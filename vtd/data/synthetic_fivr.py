@@ -108,7 +108,6 @@ import json
 
 import numpy as np
 
-from vtd import artifacts
 from vtd.data import cache
 from vtd.data import fivr
 from vtd.data.synthetic_fivr_render import STREAMS, Camera, World, jitter_style, make_channel
@@ -443,16 +442,15 @@ def save_npz(ds: SyntheticFivr, path: str) -> None:
             "query_ids": np.asarray(ds.query_ids, dtype=str), "events": ds.events,
             "kinds": np.asarray(ds.kinds, dtype=str),
             "annotation": np.asarray(json.dumps(ds.annotation))}
-  artifacts.save_npz_atomic(path, **arrays)
+  cache.save_entry(path, arrays)
 
 
 def load_npz(path: str, spec: SyntheticFivrSpec) -> SyntheticFivr:
   """Reads a file written by `save_npz` for `spec`; a stale or broken file is a UserError."""
+  arrays = cache.load_entry(path, "synthetic FIVR cache")
+  if str(arrays.get("meta/cache_key")) != spec.cache_key():
+    raise UserError(f"synthetic FIVR cache {path} was written for another spec")
   try:
-    with np.load(path) as f:
-      arrays = {name: f[name] for name in f.files}
-    if str(arrays.get("meta/cache_key")) != spec.cache_key():
-      raise UserError(f"synthetic FIVR cache {path} was written for another spec")
     video_ids = arrays["video_ids"].tolist()
     kinds = arrays["kinds"].tolist()
     query_ids = arrays["query_ids"].tolist()

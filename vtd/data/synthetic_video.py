@@ -68,7 +68,6 @@ import json
 
 import numpy as np
 
-from vtd import artifacts
 from vtd.data import cache
 from vtd.data.rendering import bezier, fractal_noise, hsv_to_rgb, random_bezier_path
 from vtd.data.rendering import render_object, sample_bilinear, sigmoid, smooth_noise
@@ -345,17 +344,12 @@ def save_npz(ds: SyntheticVideoDataset, path: str) -> None:
     arrays[f"{split}/count"] = np.asarray(len(videos))
     for i, v in enumerate(videos):
       arrays.update({f"{split}/{i}/{name}": getattr(v, name) for name in _VIDEO_ARRAYS})
-  artifacts.save_npz_atomic(path, **arrays)
+  cache.save_entry(path, arrays)
 
 
 def load_npz(path: str, spec: SyntheticVideoSpec) -> SyntheticVideoDataset:
   """Reads a file written by `save_npz` for `spec`; a stale or broken file is a UserError."""
-  try:
-    with np.load(path) as f:
-      arrays = {name: f[name] for name in f.files}
-  except (OSError, ValueError) as e:  # Truncated or foreign files.
-    raise UserError(f"cannot read synthetic video cache {path}: {type(e).__name__}: {e}"
-                    ) from None
+  arrays = cache.load_entry(path, "synthetic video cache")
   if str(arrays.get("meta/cache_key")) != spec.cache_key():
     raise UserError(f"synthetic video cache {path} was written for another spec")
   splits = {split: [SyntheticVideo(video_id=f"{split}{i:05d}", **{

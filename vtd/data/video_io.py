@@ -15,10 +15,17 @@ video in memory.
 * **Errors**: a missing, empty, corrupt or unsupported file, or one from which no frame can be
   decoded, is a `UserError` naming the file. In a dataset run `load_videos(on_error="skip")`
   logs a warning per unreadable video and returns them, so the caller can report the count.
+* **Completeness**: a truncated or damaged file often decodes only its first part (a half mp4:
+  223 of 456 frames) without any decoder error. When decoding stops before the frame count
+  the container reports (`cv2.CAP_PROP_FRAME_COUNT`), a warning names the file and both
+  numbers, and `load_videos` returns it as an `IncompleteVideo` (the caller records it). The
+  decoded frames are still used. Not checked when `max_frames` stopped the decoding, or when
+  the container reports no count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Sequence
@@ -33,6 +40,24 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
                     ".flv", ".ogv", ".3gp")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 Size = tuple[int, int] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class IncompleteVideo:
+  """A video file whose decoding stopped early (module docstring: completeness).
+
+  Attributes:
+    path: the file.
+    decoded: frames decoded (before any stride), fewer than `reported`.
+    reported: frames the container reports (`cv2.CAP_PROP_FRAME_COUNT`).
+  """
+  path: str
+  decoded: int
+  reported: int
+
+  def warning(self) -> str:
+    return (f"video file {self.path}: decoded {self.decoded} of the {self.reported} frames its "
+            f"container reports (truncated or damaged?); using the {self.decoded} decoded ones")
 
 
 def natural_key(name: str) -> tuple:
@@ -72,7 +97,7 @@ def _finish(frames: list[np.ndarray], size: tuple[int, int] | None, path: str) -
 
 def read_video(path: str, size: Size = None, max_frames: int | None = None,
                stride: int = 1) -> np.ndarray:
-  """Decodes a video file.
+  """Decodes a video file (a warning if it decodes fewer frames than its container reports).
 
   Args:
     path: a video file (any format the installed OpenCV/FFmpeg decodes).
@@ -86,17 +111,27 @@ def read_video(path: str, size: Size = None, max_frames: int | None = None,
   Raises:
     UserError: the file is missing, empty, corrupt or unsupported, or no frame decodes.
   """
+  frames, incomplete = _decode_video(path, size, max_frames, stride)
+  if incomplete is not None:
+    logging.warning("%s", incomplete.warning())
+  return frames
+
+
+def _decode_video(path: str, size: Size, max_frames: int | None, stride: int
+                  ) -> tuple[np.ndarray, IncompleteVideo | None]:
+  """`read_video`'s frames, and an IncompleteVideo if decoding stopped before the reported end."""
   size = _check_args(size, max_frames, stride)
   if not os.path.isfile(path):
     raise UserError(f"video file not found: {path}")
   if os.path.getsize(path) == 0:
     raise UserError(f"empty video file (0 bytes): {path}")
-  frames = []
+  frames, reported = [], 0
   capture = cv2.VideoCapture(path)
   try:
     if not capture.isOpened():
       raise UserError(f"cannot open video file (corrupt or unsupported format): {path}")
-    index = 0
+    reported = int(max(capture.get(cv2.CAP_PROP_FRAME_COUNT), 0))  # 0 or -1: unknown.
+    index, ended = 0, False
     while max_frames is None or len(frames) < max_frames:
       if index % stride:
         ok = capture.grab()  # Skipped frames: no colour conversion or copy.
@@ -105,6 +140,7 @@ def read_video(path: str, size: Size = None, max_frames: int | None = None,
         if ok and frame is not None and frame.size:
           frames.append(frame)
       if not ok:
+        ended = True  # The end of the stream, or the first frame that does not decode.
         break
       index += 1
   except cv2.error as e:  # Decoder failures inside OpenCV surface as cv2.error.
@@ -112,9 +148,11 @@ def read_video(path: str, size: Size = None, max_frames: int | None = None,
   finally:
     capture.release()
   if not frames:
-    raise UserError(f"no frames could be decoded from video file (corrupt, truncated or "
+    count = f" (its container reports {reported} frames)" if reported else ""
+    raise UserError(f"no frames could be decoded from video file{count} (corrupt, truncated or "
                     f"unsupported codec): {path}")
-  return _finish(frames, size, path)
+  incomplete = IncompleteVideo(path, index, reported) if ended and index < reported else None
+  return _finish(frames, size, path), incomplete
 
 
 def list_frames(path: str) -> list[str]:
@@ -190,7 +228,7 @@ def scan_videos(root: str, recursive: bool = True,
 
 def load_videos(paths: Sequence[str], size: Size = None, max_frames: int | None = None,
                 stride: int = 1, on_error: str = "skip"
-                ) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+                ) -> tuple[list[np.ndarray], list[tuple[str, str]], list[IncompleteVideo]]:
   """Reads several videos with `open_any`, skipping (or raising on) unreadable ones.
 
   Args:
@@ -200,19 +238,27 @@ def load_videos(paths: Sequence[str], size: Size = None, max_frames: int | None 
       re-raise the `UserError`.
 
   Returns:
-    (videos, skipped): the [T, H, W, 3] uint8 arrays of the readable paths, in input order,
-    and (path, reason) for each skipped one.
+    (videos, skipped, incomplete): the [T, H, W, 3] uint8 arrays of the readable paths, in
+    input order; (path, reason) for each skipped one; and the video files among the readable
+    ones that decoded fewer frames than their containers report (each also logged).
   """
   if on_error not in ("skip", "raise"):
     raise UserError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
   _check_args(size, max_frames, stride)  # Bad arguments are not a property of one video.
-  videos, skipped = [], []
+  videos, skipped, incomplete = [], [], []
   for path in paths:
     try:
-      videos.append(open_any(path, size, max_frames, stride))
+      if os.path.isfile(path):
+        frames, short = _decode_video(path, size, max_frames, stride)
+        if short is not None:
+          logging.warning("%s", short.warning())
+          incomplete.append(short)
+      else:
+        frames = open_any(path, size, max_frames, stride)
+      videos.append(frames)
     except UserError as e:
       if on_error == "raise":
         raise
       logging.warning("skipping unreadable video %s: %s", path, e)
       skipped.append((path, str(e)))
-  return videos, skipped
+  return videos, skipped, incomplete

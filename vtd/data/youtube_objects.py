@@ -46,8 +46,9 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.io
 
+from vtd.data import file_errors
+from vtd.data import mat_files
 from vtd.data.object_discovery import read_image_rgb, resize_image
 from vtd.errors import UserError
 
@@ -108,11 +109,9 @@ def detect_version(root: str, classes: Sequence[str] = CLASSES) -> str:
 def _loadmat(path: str, variable: str) -> np.ndarray:
   if not os.path.isfile(path):
     raise UserError(f"annotation file not found: {path}")
-  try:
-    contents = scipy.io.loadmat(path)
-  except Exception as e:  # scipy raises several types for corrupt or v7.3 (HDF5) files.
-    raise UserError(f"cannot read MATLAB annotation file {path}: {type(e).__name__}: {e}"
-                    ) from None
+  # Structure-checked first: scipy's reader crashes the process on some damaged files.
+  contents = mat_files.load_mat(path, "MATLAB annotation file", "copy it again from the "
+                                "YouTube-Objects release")
   if variable not in contents:
     names = sorted(k for k in contents if not k.startswith("__"))
     raise UserError(f"annotation file {path} has no variable {variable!r} (has {names})")
@@ -186,8 +185,12 @@ def _records(array: np.ndarray, path: str) -> list[tuple[str, object]]:
 def _read_split_file(path: str) -> list[str]:
   if not os.path.isfile(path):
     raise UserError(f"split file not found: {path}")
-  with open(path) as f:
-    return [line.strip() for line in f if line.strip()]
+  try:
+    with open(path, encoding="utf-8") as f:
+      return [line.strip() for line in f if line.strip()]
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"cannot read split file {path} ({file_errors.describe(e)}); it must list "
+                    f"one video folder name per line") from e
 
 
 def _list_v1(root: str, cls: str, split: str, convention: str, sanitize: bool):
@@ -245,10 +248,11 @@ def _shot_lookup(root: str, cls: str):
   path = os.path.join(root, "Ranges", f"ranges_{cls}.mat")
   if not os.path.isfile(path):
     return None
-  ranges = np.asarray(_loadmat(path, "ranges"), np.float64)
-  if ranges.ndim != 2 or ranges.shape[0] != 3:
-    raise UserError(f"{path}: `ranges` must be [3, S] (first frame, last frame, video), got "
-                    f"{ranges.shape}")
+  ranges = _loadmat(path, "ranges")
+  if ranges.dtype.kind not in "biuf" or ranges.ndim != 2 or ranges.shape[0] != 3 or \
+      not (np.abs(ranges) < 2**53).all():  # Frame numbers: finite integers.
+    raise UserError(f"{path}: `ranges` must be a numeric [3, S] array of frame numbers (first "
+                    f"frame, last frame, video), got {ranges.dtype} {ranges.shape}")
   starts, ends, videos = ranges.astype(np.int64)
   shot_numbers, seen = [], {}
   for v in videos:
@@ -316,11 +320,11 @@ def list_youtube_objects(root: str, version: str = "auto", classes: Sequence[str
       annotation file (the message names the path).
   """
   if version not in ("auto", "v1", "v2.2"):
-    raise ValueError(f"version must be 'auto', 'v1' or 'v2.2', got {version!r}")
-  if split not in ("all", "train", "test"):
-    raise ValueError(f"split must be 'all', 'train' or 'test', got {split!r}")
+    raise UserError(f"version must be 'auto', 'v1' or 'v2.2', got {version!r}")
+  if split not in ("all", "train", "test"):  # config.data.test_split in a segmentation run.
+    raise UserError(f"YouTube-Objects split must be 'all', 'train' or 'test', got {split!r}")
   if box_convention not in ("matlab", "raw"):
-    raise ValueError(f"box_convention must be 'matlab' or 'raw', got {box_convention!r}")
+    raise UserError(f"box_convention must be 'matlab' or 'raw', got {box_convention!r}")
   root = os.path.abspath(os.path.expanduser(root))
   if not os.path.isdir(root):
     raise UserError(f"YouTube-Objects root folder not found: {root}")

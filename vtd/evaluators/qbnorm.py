@@ -26,14 +26,19 @@ Decisions:
   default chunks (512 bank, 256 test rows: ~6 and ~3 MB at N = 3,000) were the fastest measured
   on CPU, where cache-sized blocks transfer and reduce faster than large ones; on an
   accelerator larger chunks amortise dispatch better.
-* Ties. The activation set and the gate's argmax both use `jax.lax.top_k`, which prefers the
-  lowest index among equal values. The official code uses NumPy's default argsort, which is
-  not stable, so on exact ties it may pick another index; continuous similarities do not tie.
-  The gate looks at argmax S_test rather than the official argmax exp(beta * S_test): the same
-  unless exp over/underflows, creating ties that only the official code has.
-* Precision. Everything is float32 (inputs are converted per block). The official float32
-  column sum of M exponentials is itself only accurate to ~1e-5 relative for large M, so on
-  near-ties (values within float32 rounding) orders may differ from it.
+* Ties. For k = 1 the activation set holds every column that is a maximum of some bank row,
+  and a query is gated when any of its maxima is in the set; for k > 1 `jax.lax.top_k`
+  (lowest index first among equal values). The official code uses NumPy's default argsort,
+  which is not stable, so on exact ties it may pick either; continuous similarities do not
+  tie. The gate looks at argmax S_test rather than the official argmax exp(beta * S_test): the
+  same unless exp over/underflows, creating ties that only the official code has.
+* Precision. Everything is float32 (inputs are converted per block), with the official
+  x = fl32(beta * S) as the exponent. The normaliser is kept as a float32 pair (TwoSum over
+  blocks, log taken on the mantissa), accurate to ~5e-8 (the exp's own rounding); the
+  official float32 column sum of M exponentials is off by up to ~1e-5 relative for M = 130k.
+  `dis_scores` values are float32 log-space numbers of magnitude ~10-30, so they resolve
+  ~1e-6: ranking them creates ties the official linear values do not have; `dis_t2v_ranks`
+  ranks with exact comparisons instead (measured in `bench/qbnorm_dis.py`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from typing import Any, Iterable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vtd import chunking
+from vtd.evaluators import common
+from vtd.evaluators import retrieval
 
 BankSims = Any  # [M, N] array | iterable of [m_i, N] arrays | callable (start, stop) -> [m, N]
 
@@ -102,19 +111,6 @@ def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
   return s, (a - (s - bb)) + (b - bb)
 
 
-def _column_sum(terms: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """[C, N] -> [N] (sum, error) as a float32 pair: a pairwise tree of TwoSums, so the block
-  sum is exact to ~1e-14 relative instead of float32's ~1e-6 over many rows."""
-  err = jnp.zeros(terms.shape[1:], terms.dtype)
-  while terms.shape[0] > 1:
-    if terms.shape[0] % 2:
-      terms = jnp.concatenate([terms, jnp.zeros_like(terms[:1])])
-    half = terms.shape[0] // 2
-    terms, e = _two_sum(terms[:half], terms[half:])
-    err = err + jnp.sum(e, axis=0)
-  return terms[0], err
-
-
 @functools.partial(jax.jit, static_argnames=("k",))
 def _bank_sum(block: jax.Array, x: jax.Array, num_rows: jax.Array, run_max: jax.Array,
               new_max: jax.Array, run_sum: jax.Array, run_err: jax.Array, active: jax.Array,
@@ -129,14 +125,22 @@ def _bank_sum(block: jax.Array, x: jax.Array, num_rows: jax.Array, run_max: jax.
   # A column that is still all -inf would give inf - inf = nan; any finite shift works there.
   shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
   terms = jnp.exp(x + _row_bias(num_rows, chunk) - shift)
-  part, part_err = _column_sum(terms)
+  # XLA:CPU's own reduction over the block's rows is accurate enough (~1e-8 measured: the
+  # normaliser's error is the exp's); the blocks are accumulated exactly (TwoSum) below.
+  part = jnp.sum(terms, axis=0)
   # Rescale to the new shift (exp(...) <= 1; 1 once the running max has settled).
   scale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max, shift) - shift)
   total, err = _two_sum(run_sum * scale, part)
-  run_err = run_err * scale + err + part_err
+  run_err = run_err * scale + err
+  real = (jnp.arange(chunk) < num_rows)[:, None]
+  if k == 1:
+    # The columns holding a row maximum, as a column-wise max of hits: XLA:CPU's row
+    # argmax / top_k is ~4x slower. (A row with tied maxima marks all of them.)
+    hit = jnp.where(real & (block == jnp.max(block, axis=1, keepdims=True)), 1.0, 0.0)
+    return total, run_err, active | (jnp.max(hit, axis=0) > 0)
   _, top = jax.lax.top_k(block, k)  # [C, k]; beta > 0 so S and beta * S rank alike
   # Padding rows scatter to index N, which mode="drop" discards.
-  top = jnp.where((jnp.arange(chunk) < num_rows)[:, None], top, num_gallery)
+  top = jnp.where(real, top, num_gallery)
   return total, run_err, active.at[top.reshape(-1)].set(True, mode="drop")
 
 
@@ -156,12 +160,25 @@ def _log_norm(run_max: jax.Array, run_sum: jax.Array, run_err: jax.Array):
   return _two_sum(hi, lo)
 
 
-@jax.jit
-def _dis_kernel(test: jax.Array, log_norm: jax.Array, log_norm_lo: jax.Array,
-                active: jax.Array, beta: jax.Array) -> jax.Array:
-  # top_k(., 1) rather than argmax: same first-index rule, several times faster on XLA:CPU.
-  gated = active[jax.lax.top_k(test, 1)[1][:, 0]]  # [Q]
+def _gate(test: jax.Array, active: jax.Array) -> jax.Array:
+  """[Q] bool: the row's best video is in the activation set (a row max + a masked any;
+  XLA:CPU's row argmax / top_k is ~2x slower). Tied maxima: gated if any of them is active."""
+  return jnp.any((test == jnp.max(test, axis=1, keepdims=True)) & active, axis=1)
+
+
+def _dis_body(test, log_norm, log_norm_lo, active, beta):
+  gated = _gate(test, active)
   return jnp.where(gated[:, None], (beta * test - log_norm) - log_norm_lo, test)
+
+
+_dis_kernel = jax.jit(_dis_body)
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "cols"))
+def _dis_window_kernel(window, shift, log_norm, log_norm_lo, active, beta, *, rows, cols):
+  """`_dis_kernel` of the block in a `chunking.host_row_windows` window (read in place)."""
+  return _dis_body(chunking.block_from_window(window, shift, rows, cols), log_norm,
+                   log_norm_lo, active, beta)
 
 
 def _check_beta_k(beta: float, k: int) -> None:
@@ -299,8 +316,18 @@ def iter_dis_scores(test_sims: Any, stats: QueryBankStats, *,
   _check_test(tuple(test_sims.shape), stats)
   if query_chunk < 1:
     raise ValueError(f"query_chunk must be >= 1, got {query_chunk}")
-  num_queries = test_sims.shape[0]
+  num_queries, num_gallery = test_sims.shape
   chunk = min(query_chunk, num_queries)
+  if not isinstance(test_sims, jax.Array):
+    # Host rows are read in place (aligned zero-copy windows), not copied chunk by chunk.
+    lo = jnp.zeros_like(stats.log_norm) if stats.log_norm_lo is None else stats.log_norm_lo
+    beta = jnp.float32(stats.beta)
+    for start, rows, window, shift in chunking.host_row_windows(np.asarray(test_sims), chunk,
+                                                                np.float32):
+      yield start, np.asarray(_dis_window_kernel(
+          jax.device_put(window), np.int32(shift), stats.log_norm, lo, stats.active, beta,
+          rows=chunk, cols=num_gallery))[:rows]
+    return
   pieces = (test_sims[s:s + chunk] for s in range(0, num_queries, chunk))
   for start, (block, rows) in zip(range(0, num_queries, chunk), _blocks(pieces, chunk)):
     yield start, np.asarray(dis_scores(block, stats))[:rows]
@@ -350,16 +377,15 @@ def _dis_rank_counts(test: jax.Array, x: jax.Array, start: jax.Array, log_norm: 
   exact (Sterbenz) and the sign is the sign of the exact difference (up to the ~1e-8 of the
   normaliser). Ungated rows compare the raw similarities, as officially.
   """
-  from vtd.evaluators.retrieval import _encoded_counts  # pylint: disable=g-import-not-at-top
   chunk, num_gallery = test.shape
   rows = start + jnp.arange(chunk)
   own = jnp.minimum(rows // captions_per_video, num_gallery - 1)[:, None]
-  gated = active[jax.lax.top_k(test, 1)[1][:, 0]]
+  gated = _gate(test, active)
   del beta  # (x = fl32(beta * test), computed by `_scale`)
   lhs = x - jnp.take_along_axis(x, own, axis=1)
   rhs = (log_norm - log_norm[own]) + (log_norm_lo - log_norm_lo[own])
   delta = jnp.where(gated[:, None], lhs - rhs, test - jnp.take_along_axis(test, own, axis=1))
-  greater, equal = _encoded_counts(delta > 0, delta == 0, 1)
+  greater, equal = retrieval._encoded_counts(delta > 0, delta == 0, 1)  # pylint: disable=protected-access
   return greater, equal, gated
 
 
@@ -398,3 +424,35 @@ def dis_t2v_ranks(test_sims: Any, stats: QueryBankStats, *, captions_per_video: 
                                  + (np.asarray(equal)[:rows] - 1) / 2)
     gates[start:start + rows] = np.asarray(gated)[:rows]
   return ranks, gates
+
+
+# ---- the "qbnorm" evaluator (config.evals.<name>.type = "qbnorm") ----------------------------
+
+
+class Evaluator:
+  """t2v retrieval after QB-Norm with Dynamic Inverted Softmax (querybank = a split's captions).
+
+  model: has `bank_similarities(bank, gallery) -> (fn(start, stop) -> [rows, N_v], num_bank)`
+    and `accumulate(split, *, query_chunk, transform) -> RetrievalAccumulator`
+    (e.g. `vtd.teachtext.evaluate.Scorer`).
+  context: has `split(name)`.
+  DIS rows live on different scales, so only t2v (per-query ranking) is meaningful.
+  """
+
+  def __init__(self, split: str = "test", bank: str = "train", beta: float = 20.0, k: int = 1,
+               bank_chunk: int = 512, query_chunk: int = 2048, curve_max_k: int = 100):
+    self.split, self.bank, self.beta, self.k = split, bank, beta, k
+    self.bank_chunk, self.query_chunk, self.curve_max_k = bank_chunk, query_chunk, curve_max_k
+    self.columns = tuple(f"t2v/{c}" for c in retrieval.COLUMNS)
+    self.headers = tuple(f"t2v {h}" for h in retrieval.HEADERS)
+
+  def run(self, model: Any, context: Any) -> common.EvalResult:
+    gallery = context.split(self.split)
+    bank_sims, num_bank = model.bank_similarities(context.split(self.bank), gallery)
+    stats = querybank_stats(bank_sims, beta=self.beta, k=self.k, bank_chunk=self.bank_chunk,
+                            num_bank=num_bank)
+    acc = model.accumulate(gallery, query_chunk=self.query_chunk,
+                           transform=lambda sims: dis_scores(sims, stats))
+    result = retrieval.from_ranks({"t2v": acc.ranks()["t2v"]}, ("t2v",), self.curve_max_k)
+    result.info["querybank_size"] = int(num_bank)
+    return result

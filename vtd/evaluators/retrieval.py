@@ -28,13 +28,14 @@ distance of 1e8) larger than -1e8.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vtd import chunking
+from vtd.evaluators import common
 
 Metrics = dict[str, float]
 
@@ -327,20 +328,23 @@ class RetrievalAccumulator:
     ranks = self._all_t2v_ranks().reshape(self._num_videos, self._k)
     return np.where(self._mask, ranks, np.inf)
 
-  def result(self) -> dict[str, Metrics]:
-    """Metrics for both directions: {"t2v": metrics, "v2t": metrics} (see metrics_from_ranks).
+  def ranks(self) -> dict[str, np.ndarray]:
+    """{"t2v": [valid captions], "v2t": [N_v]} 0-based tie-averaged ranks of the queries.
 
     t2v has one query per valid caption; v2t one per video, ranked by its best caption.
     """
     self._check_complete()
     # Masked queries are dropped after ranking, as officially.
     t2v_ranks = self._all_t2v_ranks()[self._mask.reshape(-1)]
-
     v2t = np.asarray(self._v2t).astype(np.int64)
     v2t_ranks = v2t[0] + (v2t[1] - 1) / 2
     # The official loop leaves min_rank = inf for a video with no valid caption.
     v2t_ranks = np.where(self._has_caption, v2t_ranks, np.inf)
-    return {"t2v": metrics_from_ranks(t2v_ranks), "v2t": metrics_from_ranks(v2t_ranks)}
+    return {"t2v": t2v_ranks, "v2t": v2t_ranks}
+
+  def result(self) -> dict[str, Metrics]:
+    """Metrics for both directions: {"t2v": metrics, "v2t": metrics} (see metrics_from_ranks)."""
+    return {d: metrics_from_ranks(r) for d, r in self.ranks().items()}
 
 
 def _gather_gt(sims: Any, k: int, query_chunk: int) -> np.ndarray:
@@ -395,3 +399,50 @@ def retrieval_metrics(sims: Any, query_mask: Any = None, *,
   # time); device arrays one query_chunk slice at a time.
   acc.update(0, sims)
   return acc.result()
+
+
+# ---- the "retrieval" evaluator (config.evals.<name>.type = "retrieval") ----------------------
+
+COLUMNS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "geometric_mean_R1-R5-R10")
+HEADERS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "Geom")
+
+
+def recall_curve(ranks: np.ndarray, max_k: int) -> list[float]:
+  """R@K in percent for K = 1..max_k, with the official rules (R@1 counts rank == 0, R@K for
+  K > 1 counts rank < K), so the curve passes through the table's R@1/5/10/50."""
+  ranks = np.asarray(ranks, np.float64)
+  curve = [100 * float(np.sum(ranks == 0)) / ranks.size]
+  curve += [100 * float(np.sum(ranks < k)) / ranks.size for k in range(2, max_k + 1)]
+  return [round(c, 3) for c in curve]
+
+
+class Evaluator:
+  """Text-to-video and video-to-text retrieval metrics of one split (CE's metric.py).
+
+  model: has `accumulate(split, *, query_chunk, transform=None) -> RetrievalAccumulator`
+    (e.g. `vtd.teachtext.evaluate.Scorer`).
+  context: has `split(name)` (e.g. a `RetrievalDataset`).
+  Curves: R@K for K = 1..`curve_max_k` per direction, for `vtd.plots.recall_at_k`.
+  """
+
+  def __init__(self, split: str = "test", directions: tuple[str, ...] = ("t2v", "v2t"),
+               query_chunk: int = 2048, curve_max_k: int = 100):
+    unknown = [d for d in directions if d not in ("t2v", "v2t")]
+    if unknown:
+      raise TypeError(f"directions must be t2v and/or v2t, got {unknown}")
+    self.split, self.directions = split, tuple(directions)
+    self.query_chunk, self.curve_max_k = query_chunk, curve_max_k
+    self.columns = tuple(f"{d}/{c}" for d in self.directions for c in COLUMNS)
+    self.headers = tuple(f"{d} {h}" for d in self.directions for h in HEADERS)
+
+  def run(self, model: Any, context: Any) -> common.EvalResult:
+    acc = model.accumulate(context.split(self.split), query_chunk=self.query_chunk)
+    return from_ranks(acc.ranks(), self.directions, self.curve_max_k)
+
+
+def from_ranks(ranks: dict[str, np.ndarray], directions: Sequence[str], curve_max_k: int
+               ) -> common.EvalResult:
+  """Flat metrics ("t2v/R1", ...) and R@K curves of per-direction ranks."""
+  metrics = {f"{d}/{k}": v for d in directions for k, v in metrics_from_ranks(ranks[d]).items()}
+  curves = {d: recall_curve(ranks[d], curve_max_k) for d in directions}
+  return common.EvalResult(metrics=metrics, curves={"recall_at_k": curves})

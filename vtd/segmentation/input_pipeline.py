@@ -5,7 +5,9 @@ Training videos (`config.data.videos`):
           used only to *report* selection quality.
   <dir>   every video file and frame folder under <dir> (`video_io.scan_videos`), resized to
           `config.data.video_size` on read. Unreadable videos are skipped with a warning and
-          counted (`config.data.on_unreadable=raise` stops instead); no ground truth.
+          counted (`config.data.on_unreadable=raise` stops instead); no ground truth. Files
+          that decode fewer frames than their containers report are used, with a warning,
+          and listed in the summary (results.json: train_data.incomplete_files).
 
 Test set (`config.data.test_set`), only for the reported metrics:
   auto              synthetic with synthetic training videos, none with real ones
@@ -45,15 +47,21 @@ class TrainVideos:
       None; only used to report selection quality.
     names: one id or path per video.
     skipped: (path, reason) for every unreadable video left out.
+    incomplete: video files that decoded fewer frames than their containers report (used with
+      the frames they have).
   """
   videos: list[np.ndarray]
   gt_masks: list[np.ndarray] | None
   names: list[str]
   skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  incomplete: list[video_io.IncompleteVideo] = dataclasses.field(default_factory=list)
 
   def summary(self) -> dict:
     return {"videos": len(self.videos), "frames": int(sum(len(v) for v in self.videos)),
-            "skipped": len(self.skipped), "skipped_files": [p for p, _ in self.skipped]}
+            "skipped": len(self.skipped), "skipped_files": [p for p, _ in self.skipped],
+            "incomplete": len(self.incomplete),
+            "incomplete_files": [{"path": v.path, "decoded_frames": v.decoded,
+                                  "reported_frames": v.reported} for v in self.incomplete]}
 
 
 @dataclasses.dataclass
@@ -104,7 +112,7 @@ def load_train_videos(config: ml_collections.ConfigDict) -> TrainVideos:
   if not paths:
     raise UserError(f"no video files or frame folders under config.data.videos="
                     f"{config.data.videos}")
-  videos, skipped = video_io.load_videos(
+  videos, skipped, incomplete = video_io.load_videos(
       paths, size=tuple(config.data.video_size), max_frames=config.data.video_max_frames or None,
       stride=config.data.video_stride, on_error=config.data.on_unreadable)
   if skipped:
@@ -115,7 +123,7 @@ def load_train_videos(config: ml_collections.ConfigDict) -> TrainVideos:
                     f"read; first error: {skipped[0][1]}")
   bad = {p for p, _ in skipped}
   return TrainVideos(videos=videos, gt_masks=None, names=[p for p in paths if p not in bad],
-                     skipped=skipped)
+                     skipped=skipped, incomplete=incomplete)
 
 
 def _classes(config: ml_collections.ConfigDict, default: tuple[str, ...]) -> tuple[str, ...]:

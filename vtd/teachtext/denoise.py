@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vtd.data.retrieval import RetrievalSplit
+from vtd.teachtext.data.retrieval import RetrievalSplit
 from vtd.errors import UserError
 from vtd.teachtext import evaluate as tt_evaluate
 

@@ -10,8 +10,7 @@ import jax
 import numpy as np
 
 from vtd import chunking
-from vtd.data.retrieval import RetrievalSplit
-from vtd.evaluators import qbnorm
+from vtd.teachtext.data.retrieval import RetrievalSplit
 from vtd.evaluators.retrieval import RetrievalAccumulator
 from vtd.teachtext import input_pipeline
 from vtd.teachtext.models import RetrievalModel, similarity, stack_available
@@ -116,22 +115,56 @@ def accumulate_from_embeddings(embs: Sequence[dict[str, Any]], caption_mask: np.
   return acc
 
 
-def retrieval_metrics_from_embeddings(embs: Sequence[dict[str, Any]], caption_mask: np.ndarray,
-                                      *, query_chunk: int = 2048) -> dict[str, dict[str, float]]:
-  """t2v / v2t metrics of `accumulate_from_embeddings`."""
-  return accumulate_from_embeddings(embs, caption_mask, query_chunk=query_chunk).result()
+class Scorer:
+  """A trained TeachText model as the evaluators see it (`vtd.evaluators.retrieval`, `qbnorm`).
 
+  Embeddings are computed once per split and kept, so several evaluators of one split (plain
+  and QB-Norm) embed it once. Several models (`members`) are scored by the mean of their
+  similarity matrices: the teachers' ensemble.
+  """
 
-def evaluate(model: RetrievalModel, variables: Any, split: RetrievalSplit, text_embedding: str,
-             *, chunk_size: int = 1024, query_chunk: int = 2048) -> dict[str, dict[str, float]]:
-  """{'t2v': {...}, 'v2t': {...}} official metrics of `model` on `split`."""
-  emb = embed_split(model, variables, split, text_embedding, chunk_size=chunk_size)
-  return retrieval_metrics_from_embeddings([emb], split.caption_mask, query_chunk=query_chunk)
+  def __init__(self, members: Sequence[tuple[RetrievalModel, Any, str]], *,
+               chunk_size: int = 1024):
+    self._members = list(members)
+    self._chunk_size = chunk_size
+    self._cache: dict[int, list[dict[str, Any]]] = {}
 
+  @classmethod
+  def single(cls, model: RetrievalModel, variables: Any, text_embedding: str, *,
+             chunk_size: int = 1024) -> "Scorer":
+    return cls([(model, variables, text_embedding)], chunk_size=chunk_size)
 
-def flatten_metrics(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
-  """{'t2v': {'R1': ..}} -> {'t2v/R1': ..} for metric writers and checkpoint selection."""
-  return {f"{d}/{k}": v for d, m in metrics.items() for k, v in m.items()}
+  def embed(self, split: RetrievalSplit) -> list[dict[str, Any]]:
+    """Per member, `embed_split` of `split` (cached)."""
+    key = id(split)
+    if key not in self._cache:
+      self._cache[key] = [embed_split(m, v, split, t, chunk_size=self._chunk_size)
+                          for m, v, t in self._members]
+    return self._cache[key]
+
+  def accumulate(self, split: RetrievalSplit, *, query_chunk: int = 2048,
+                 transform: Callable[[jax.Array], jax.Array] | None = None
+                 ) -> RetrievalAccumulator:
+    return accumulate_from_embeddings(self.embed(split), split.caption_mask,
+                                      query_chunk=query_chunk, transform=transform)
+
+  def bank_similarities(self, bank: RetrievalSplit, gallery: RetrievalSplit
+                        ) -> tuple[Callable[[int, int], jax.Array], int]:
+    """(fn(start, stop) -> S_bank rows [stop - start, N_v], M) over the bank's existing
+    captions; only their text is embedded (the bank's videos are not needed)."""
+    if len(self._members) != 1:
+      raise ValueError("QB-Norm scores one model, not an ensemble")
+    (model, variables, text_embedding), = self._members
+    (emb,) = self.embed(gallery)
+    bank_text, bank_weights = embed_text(model, variables, bank, text_embedding,
+                                         rows=np.flatnonzero(bank.caption_mask.reshape(-1)),
+                                         chunk_size=self._chunk_size)
+
+    def bank_sims(start, stop):
+      return _similarity(tuple(t[start:stop] for t in bank_text), bank_weights[start:stop],
+                         emb["video"], emb["available"])
+
+    return bank_sims, bank_weights.shape[0]
 
 
 VIDEO_MODULES = ("poolers_", "video_units_", "reduce_units_", "pair_module", "reasoning_units_")
@@ -160,29 +193,17 @@ def video_cost(model: RetrievalModel, variables: Any, split: RetrievalSplit, *,
           "video_encode_ms_per_1k": 1e6 * seconds / split.num_videos}
 
 
-def evaluate_qbnorm(model: RetrievalModel, variables: Any, *, bank: RetrievalSplit,
-                    test: RetrievalSplit, text_embedding: str, beta: float = 20.0, k: int = 1,
-                    bank_chunk: int = 512, chunk_size: int = 1024, query_chunk: int = 2048
-                    ) -> dict[str, dict[str, float]]:
-  """t2v metrics after QB-Norm with Dynamic Inverted Softmax (`vtd.evaluators.qbnorm`).
-
-  The querybank is every existing caption of `bank` (official default: the training split),
-  scored against the *test* videos; its statistics are streamed `bank_chunk` rows at a time,
-  and the test queries `query_chunk` rows at a time, so memory stays O(chunk x N_v). DIS
-  rows live on different scales, so only t2v (per-query ranking) is meaningful.
-  """
-  emb = embed_split(model, variables, test, text_embedding, chunk_size=chunk_size)
-  # Only the bank's existing captions are embedded (its videos are not needed).
-  bank_text, bank_weights = embed_text(model, variables, bank, text_embedding,
-                                       rows=np.flatnonzero(bank.caption_mask.reshape(-1)),
-                                       chunk_size=chunk_size)
-
-  def bank_sims(start, stop):
-    return _similarity(tuple(t[start:stop] for t in bank_text), bank_weights[start:stop],
-                       emb["video"], emb["available"])
-
-  stats = qbnorm.querybank_stats(bank_sims, beta=beta, k=k, bank_chunk=bank_chunk,
-                                 num_bank=bank_weights.shape[0])
-  acc = accumulate_from_embeddings([emb], test.caption_mask, query_chunk=query_chunk,
-                                   transform=lambda sims: qbnorm.dis_scores(sims, stats))
-  return {"t2v": acc.result()["t2v"]}
+def load_for_evaluation(variables: Any, config, metadata: dict[str, Any],
+                        data_path: str | None = None) -> tuple[Scorer, Any]:
+  """(Scorer, dataset) of an exported TeachText model, for `python -m vtd.evaluate`."""
+  from vtd.teachtext import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  from vtd.teachtext import trainer  # pylint: disable=g-import-not-at-top
+  data_cfg = config.data
+  if data_path:
+    data_cfg.path = data_path if data_cfg.source == "npz" else data_cfg.path
+    data_cfg.root = data_path if data_cfg.source == "ce" else data_cfg.root
+  data = trainer.load_data(data_cfg, [metadata["text_embedding"]])
+  model = teachers_lib.build_model(config.model,
+                                   [(n, tuple(s)) for n, s in metadata["expert_shapes"]])
+  return Scorer.single(model, variables, metadata["text_embedding"],
+                       chunk_size=config.eval.chunk_size), data

@@ -16,7 +16,7 @@ import grain
 import numpy as np
 
 from vtd import sharding
-from vtd.data.retrieval import RetrievalSplit
+from vtd.teachtext.data.retrieval import RetrievalSplit
 
 
 def video_features(split: RetrievalSplit, video_idx: np.ndarray,

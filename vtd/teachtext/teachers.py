@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtd import artifacts
-from vtd.data.retrieval import RetrievalSplit
+from vtd.teachtext.data.retrieval import RetrievalSplit
 from vtd.teachtext import evaluate as tt_evaluate
 from vtd.teachtext.models import RetrievalModel, similarity, stack_available
 

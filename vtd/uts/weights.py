@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from vtd.data import file_errors
 from vtd.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,8 +79,9 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise UserError(f"{path}: not a readable .npz of arrays ({e})") from None
+  except file_errors.CORRUPT_FILE_ERRORS as e:  # Damaged bytes raise many types (file_errors).
+    raise UserError(f"{path}: not a readable .npz of arrays ({file_errors.describe(e)}); make "
+                    f"it again as vtd/uts/weights.py describes") from None
 
 
 def _subtree(tree: Any, path: Sequence[str]) -> Any:

@@ -1,6 +1,6 @@
 """Where the official TeachText / Collaborative Experts releases keep each dataset's features.
 
-Data only: `vtd.data.ce_features` reads what this table names. Every value carries its source:
+Data only: `vtd.teachtext.data.ce_features` reads what this table names. Every value carries its source:
 
   [ref §N]   /work/shared/reference/teachtext.md, section N.
   [CE f]     albanie/collaborative-experts file f, read for this table beyond the reference

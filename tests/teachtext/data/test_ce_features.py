@@ -1,4 +1,4 @@
-"""Tests for vtd.data.ce_features on tiny files written in the official release's format."""
+"""Tests for vtd.teachtext.data.ce_features on tiny files written in the official release's format."""
 
 import logging
 import math
@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from vtd.data import ce_features, ce_specs
-from vtd.data.retrieval import load_npz, save_npz
+from vtd.teachtext.data import ce_features, ce_specs
+from vtd.teachtext.data.retrieval import load_npz, save_npz
 from vtd.errors import UserError
 
 NAN = float("nan")
@@ -168,7 +168,7 @@ def test_npz_round_trip_and_cli(msrvtt, tmp_path):
     for k in a.text:
       np.testing.assert_array_equal(a.text[k], b.text[k])
   cli_out = str(tmp_path / "cli.npz")
-  ce_features.main(["--data-dir", str(tmp_path), "--dataset", "msrvtt_full", "--out", cli_out,
+  ce_features.main(["--data_dir", str(tmp_path), "--dataset", "msrvtt_full", "--out", cli_out,
                     "--experts", "audio,imagenet.senet154.0", "--text", "w2v",
                     "--dtype", "float32"])
   cli = load_npz(cli_out)
@@ -255,11 +255,39 @@ def test_npy_dict_restricted_unpickler_and_hickle(tmp_path):
     def __reduce__(self):
       return (os.system, ("true",))
   _pickle(str(tmp_path / "evil.pkl"), {"x": Evil()})
-  with pytest.raises(UserError, match=r"evil\.pkl: cannot read .*refusing to load global"):
+  with pytest.raises(UserError, match=r"evil\.pkl: damaged .*refusing to load global"):
     ce_features.load_feature_file(str(tmp_path / "evil.pkl"))
   with pytest.raises(UserError, match="hickle files are not supported"):
     open(tmp_path / "a.hickle", "wb").close()
     ce_features.load_feature_file(str(tmp_path / "a.hickle"))
+
+@pytest.mark.parametrize("payload,match", [
+    # EMPTY_DICT, LONG_BINPUT 10**7, STOP: the C unpickler would grow its memo to 2 x 10**7
+    # slots (a 1.5e9 index, seen in fuzzing, zero-fills 24 GB); any index beyond the file's
+    # size is damage.
+    (b"\x80\x02}r" + (10**7).to_bytes(4, "little") + b".", r"LONG_BINPUT 10000000 at byte 4"),
+    (b"\x80\x04\x8e" + (2**62).to_bytes(8, "little") + b"x.", r"BINBYTES8 of 4611686018427387904"),
+    (b"\x80\x04\x95" + (2**63 + 5).to_bytes(8, "little") + b"}.", r"FRAME 9223372036854775813"),
+    (b"\x80\x04}", r"EOFError: pickle data was truncated"),
+    (b"\x80\x04}\xff.", r"invalid opcode 0xff at byte 3"),
+])
+def test_damaged_pickle_sizes_fail_before_unpickling(tmp_path, payload, match):
+  path = tmp_path / "damaged.pkl"
+  path.write_bytes(payload)
+  with pytest.raises(UserError, match=r"cannot read feature file .*damaged\.pkl: damaged or not "
+                                      r"in the expected format \(.*" + match):
+    ce_features.load_feature_file(str(path))
+  # The same stream behind a .npy header (zsvision's pickled-dict .npy files).
+  npy = tmp_path / "damaged.npy"
+  header = tmp_path / "header.npy"
+  np.save(header, np.array({"v": 1}, dtype=object), allow_pickle=True)
+  with open(header, "rb") as f:
+    assert np.lib.format.read_magic(f) == (1, 0)
+    np.lib.format.read_array_header_1_0(f)
+    start = f.tell()  # The pickle follows the header.
+  npy.write_bytes(header.read_bytes()[:start] + payload)
+  with pytest.raises(UserError, match=r"damaged\.npy: damaged"):
+    ce_features.load_feature_file(str(npy))
 
 
 def test_float16_overflow_and_not_found_values(tmp_path):
@@ -322,7 +350,7 @@ def test_spec_table_is_consistent():
 
 def test_teachtext_config_reads_ce_source(msrvtt):
   from configs import teachtext as teachtext_config
-  from vtd.teachtext import train as tt_train
+  from vtd.teachtext import trainer as tt_train
   assert {d for d, *_ in teachtext_config.CE_PRESETS.values()} <= set(ce_specs.SPECS)
   config = teachtext_config.get_config("msrvtt")
   assert config.data.source == "ce" and config.data.dataset == "msrvtt_full"
@@ -330,11 +358,11 @@ def test_teachtext_config_reads_ce_source(msrvtt):
   config.data.experts = "imagenet.senet154.0,scene.densenet161.0,audio"
   config.teachers.text_embeddings = "w2v"
   config.student.text_embedding = "gpt2-xl"
-  data = tt_train.load_data(config)
+  data = tt_train.load_data(config.data, ["w2v", "gpt2-xl"])
   assert (data.train.num_videos, data.val.num_videos, data.test.num_videos) == (3, 1, 2)
   assert sorted(data.train.text) == ["gpt2-xl", "w2v"]
   assert data.train.text["w2v"].dtype == np.float16
   assert tt_train.model_experts("", data.train)[0] == ("audio", (29, 2))
   config.data.root = ""
   with pytest.raises(UserError, match="config.data.root"):
-    tt_train.load_data(config)
+    tt_train.load_data(config.data, ["w2v", "gpt2-xl"])

@@ -1,10 +1,10 @@
 r"""Reads the released features of the official TeachText / CE code into a `RetrievalDataset`.
 
-  python -m vtd.data.ce_features --data-dir data --dataset msrvtt_full --out msrvtt.npz
+  python -m vtd.teachtext.data.ce_features --data_dir=data --dataset=msrvtt_full --out=msrvtt.npz
   python -m vtd.main --config=configs/teachtext.py --config.data.source=npz \
       --config.data.path=msrvtt.npz ...
 
-Layout (reference §5; per-dataset names in `vtd.data.ce_specs`):
+Layout (reference §5; per-dataset names in `vtd.teachtext.data.ce_specs`):
 
   <data_dir>/<DATASET>/high-quality/structured-symlinks/   (TeachText "HQ" release; the CE
                                                              features-v2 release and QuerYD use
@@ -16,7 +16,7 @@ Layout (reference §5; per-dataset names in `vtd.data.ce_specs`):
     teachers/*.pkl                         {vid: {'vid_embds': {e: [D]}, 'text_embds': {e: [n, D]}}}
 
 Formats read: dict pickles, old `ExpertStore` pickles (module `datastructures`) and pickled-dict
-.npy files, through a restricted unpickler; not hickle (`vtd.data.ce_files` documents them).
+.npy files, through a restricted unpickler; not hickle (`vtd.teachtext.data.ce_files` documents them).
 Public names of `ce_files` are re-exported here.
 
 Decisions:
@@ -63,26 +63,25 @@ vtd's npz cache; no tfds builder, no grain source.** Facts behind it:
   1k-A, 1k-B) is one object here but two copies after the npz round trip.
 * If that is too much, the step that pays is not tfds but storing the text ragged (offsets +
   concatenated tokens, ~3.4x smaller for MSR-VTT) or memory-mapped (uncompressed .npy per
-  array; np.memmap supports the pipeline's fancy indexing) - a change to vtd.data.retrieval and
+  array; np.memmap supports the pipeline's fancy indexing) - a change to vtd.teachtext.data.retrieval and
   the TeachText pipeline/evaluator, which this module leaves alone.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from absl import logging
 
-from vtd.data import ce_specs
+from vtd.teachtext.data import ce_specs
 # Re-exported: the file-level readers are part of this module's API.
-from vtd.data.ce_files import (ExpertStore, TeacherEmbeddings, as_mapping,  # noqa: F401
+from vtd.teachtext.data.ce_files import (ExpertStore, TeacherEmbeddings, as_mapping,  # noqa: F401
                                load_feature_file, load_teacher_embeddings, read_split_list)
-from vtd.data.retrieval import RetrievalDataset, RetrievalSplit, save_npz
+from vtd.teachtext.data.retrieval import RetrievalDataset, RetrievalSplit, save_npz
+from vtd import cli
 from vtd.errors import UserError
 
 SPLITS = ce_specs.SPLITS
@@ -142,6 +141,8 @@ def expert_features(data: Any, video_ids: Sequence[str], *, max_tokens: int | No
     if np.isnan(arr).any():  # ExpertStore rows of missing videos are NaN.
       arrays.append(None)
       continue
+    if np.isinf(arr).any():
+      raise UserError(f"{source}: video {vid!r} has infinite feature values (a damaged file?)")
     if dim is None:
       dim = arr.shape[-1]
     elif arr.shape[-1] != dim:
@@ -228,8 +229,8 @@ def text_features(data: Any, video_ids: Sequence[str], *, max_tokens: int,
       elif c.shape[1] != dim:
         raise UserError(f"{source}: video {vid!r} has word features of dimension {c.shape[1]}, "
                         f"others {dim}")
-      if np.isnan(c).any():
-        raise UserError(f"{source}: video {vid!r} has NaN word features")
+      if not np.isfinite(c).all():
+        raise UserError(f"{source}: video {vid!r} has NaN or infinite word features")
       _check_range(c[:max_tokens], dtype, source, vid)
     per_video.append(caps)
   if empty:
@@ -397,22 +398,28 @@ def _pairs(items: Sequence[str], flag: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m vtd.data.ce_features",
-      description="Convert the official CE / TeachText features to vtd's retrieval .npz.")
-  parser.add_argument("--dataset", choices=sorted(ce_specs.SPECS), required=True)
+  parser = cli.parser(
+      "python -m vtd.teachtext.data.ce_features",
+      "Convert the official CE / TeachText features to vtd's retrieval .npz.",
+      "python -m vtd.teachtext.data.ce_features --dataset=msrvtt_full --data_dir=data "
+      "--out=msrvtt.npz")
+  cli.add(parser, "--dataset", choices=sorted(ce_specs.SPECS), required=True)
   where = parser.add_mutually_exclusive_group(required=True)
-  where.add_argument("--root", help="Feature root (…/structured-symlinks).")
-  where.add_argument("--data-dir", help="The official data/ folder (root from the spec).")
-  parser.add_argument("--split-dir", help="Folder of the split lists (default: from the spec).")
-  parser.add_argument("--out", required=True, help="The .npz to write.")
-  parser.add_argument("--experts", help="Comma-separated experts (default: the spec's).")
-  parser.add_argument("--text", help="Comma-separated text embeddings (default: the spec's).")
-  parser.add_argument("--max-text-tokens", type=int)
-  parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-  parser.add_argument("--expert-path", action="append", default=[], metavar="NAME=PATH")
-  parser.add_argument("--expert-max-tokens", action="append", default=[], metavar="NAME=T")
-  parser.add_argument("--text-path", action="append", default=[], metavar="NAME=PATH")
+  cli.add(where, "--root", help="Feature root (…/structured-symlinks).")
+  cli.add(where, "--data_dir", help="The official data/ folder (root from the spec).")
+  cli.add(parser, "--split_dir", help="Folder of the split lists (default: from the spec).")
+  cli.add(parser, "--out", required=True, help="The .npz to write.")
+  cli.add(parser, "--experts", help="Comma-separated experts (default: the spec's).")
+  cli.add(parser, "--text", help="Comma-separated text embeddings (default: the spec's).")
+  cli.add(parser, "--max_text_tokens", type=int, help="Words kept per caption.")
+  cli.add(parser, "--dtype", choices=("float16", "float32"), default="float16",
+          help="Feature dtype in the .npz.")
+  cli.add(parser, "--expert_path", action="append", default=[], metavar="NAME=PATH",
+          help="The file of one expert, where it is not at the spec's path.")
+  cli.add(parser, "--expert_max_tokens", action="append", default=[], metavar="NAME=T",
+          help="Tokens kept for a sequence expert.")
+  cli.add(parser, "--text_path", action="append", default=[], metavar="NAME=PATH",
+          help="The file of one text embedding, where it is not at the spec's path.")
   args = parser.parse_args(argv)
   split = lambda s: None if s is None else [x.strip() for x in s.split(",") if x.strip()]
   try:
@@ -423,14 +430,14 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_ce_dataset(
         root, args.dataset, experts=split(args.experts), text_embeddings=split(args.text),
         max_text_tokens=args.max_text_tokens,
-        expert_paths=_pairs(args.expert_path, "--expert-path"),
+        expert_paths=_pairs(args.expert_path, "--expert_path"),
         expert_max_tokens={k: int(v) for k, v in
-                           _pairs(args.expert_max_tokens, "--expert-max-tokens").items()},
-        text_paths=_pairs(args.text_path, "--text-path"), split_dir=split_dir,
+                           _pairs(args.expert_max_tokens, "--expert_max_tokens").items()},
+        text_paths=_pairs(args.text_path, "--text_path"), split_dir=split_dir,
         dtype=np.dtype(args.dtype))
     save_npz(ds, args.out)
   except (UserError, ValueError) as e:
-    sys.exit(f"vtd.data.ce_features: error: {e}")
+    parser.error(str(e))
   sizes = ", ".join(f"{s} {ds.split(s).num_videos}" for s in SPLITS)
   print(f"wrote {args.out}: {sizes} videos; experts {ds.train.expert_names}; text "
         f"{ds.text_embeddings}")

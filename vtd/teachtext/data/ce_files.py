@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import mmap
 import os
 import pickle
+import pickletools
+import struct
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vtd.data import file_errors
 from vtd.data import id_lists
 from vtd.errors import UserError
 
@@ -52,6 +56,10 @@ _SAFE |= {("collections", "OrderedDict"), ("collections", "defaultdict"),
 _PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}  # Protocol-2 (py2) names.
 
 
+_REMEDY = ("copy or download the file again (the release's tar archives), or point the config "
+           "at an intact copy")
+
+
 class _FeatureUnpickler(pickle.Unpickler):
   """Admits numpy arrays, builtin containers and ExpertStore; anything else is refused."""
 
@@ -69,20 +77,96 @@ class _FeatureUnpickler(pickle.Unpickler):
                                  f"file object)")
 
 
+# Per opcode byte: (name, argument). Argument: None; a fixed byte count (>= 0); -1 / -2: one /
+# two newline-terminated lines (protocol 0); or a length prefix (prefix bytes, struct format).
+_LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, "<B"),
+                  pickletools.TAKEN_FROM_ARGUMENT4: (4, "<i"),
+                  pickletools.TAKEN_FROM_ARGUMENT4U: (4, "<I"),
+                  pickletools.TAKEN_FROM_ARGUMENT8U: (8, "<Q")}
+_OPCODES = {
+    op.code.encode("latin-1")[0]: (
+        op.name, None if op.arg is None else
+        _LENGTH_PREFIX.get(op.arg.n, -2 if op.arg is pickletools.stringnl_noescape_pair
+                           else -1 if op.arg.n == pickletools.UP_TO_NEWLINE else op.arg.n))
+    for op in pickletools.opcodes}
+
+
+def _check_pickle_stream(buf: Any, pos: int) -> None:
+  """Walks the opcodes of the pickle at `buf[pos:]` (bytes or mmap) without building objects,
+  so that damaged bytes fail here, cheaply, and not inside the C unpickler, which trusts the
+  sizes it reads: a LONG_BINPUT index of 1.5e9 makes it zero-fill a 24 GB memo (measured: a
+  400-byte file killed by the OOM killer at 21 GB), a bytes8 length of 2**62 makes it allocate
+  first. A valid pickle has every payload inside the file and every memo index below the file
+  size (each memo entry costs at least one opcode byte).
+
+  Raises:
+    pickle.UnpicklingError or EOFError: the first inconsistent opcode.
+  """
+  end = len(buf)
+  while pos < end:
+    name, arg = _OPCODES.get(buf[pos], (None, None))
+    if name is None:
+      raise pickle.UnpicklingError(f"invalid opcode {buf[pos]:#04x} at byte {pos}")
+    pos += 1
+    if name == "STOP":
+      return
+    if arg is None:
+      continue
+    if isinstance(arg, tuple):  # A length prefix, then that many bytes.
+      width, fmt = arg
+      if pos + width > end:
+        break
+      length = struct.unpack_from(fmt, buf, pos)[0]
+      pos += width
+      if not 0 <= length <= end - pos:
+        raise pickle.UnpicklingError(f"{name} of {length} bytes at byte {pos} exceeds the "
+                                     f"file's {end} bytes")
+      pos += length
+    elif arg >= 0:
+      if pos + arg > end:
+        break
+      if name in ("LONG_BINPUT", "FRAME"):
+        value = struct.unpack_from("<I" if name == "LONG_BINPUT" else "<Q", buf, pos)[0]
+        if value > end:
+          raise pickle.UnpicklingError(f"{name} {value} at byte {pos} exceeds the file's {end} "
+                                       f"bytes")
+      pos += arg
+    else:  # Protocol-0 text arguments: one line (two for GLOBAL / INST).
+      for _ in range(-arg):
+        newline = buf.find(b"\n", pos)
+        if newline < 0:
+          raise EOFError(f"pickle data was truncated inside {name}")
+        if name == "PUT" and int(buf[pos:newline]) > end:
+          raise pickle.UnpicklingError(f"PUT index at byte {pos} exceeds the file's {end} bytes")
+        pos = newline + 1
+  raise EOFError("pickle data was truncated (no STOP opcode)")
+
+
+def _unpickle(f: Any) -> Any:
+  """The restricted unpickler at `f`'s position, after `_check_pickle_stream` accepted it."""
+  start = f.tell()
+  if start == os.fstat(f.fileno()).st_size:
+    raise EOFError("no pickle data")
+  with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:  # Shares the page cache.
+    _check_pickle_stream(buf, start)
+  return _FeatureUnpickler(f, encoding="latin1").load()
+
+
 def load_feature_file(path: str) -> Any:
   """Reads a .pkl/.pickle/.npy feature file (module docstring: formats); UserError on failure."""
   if not os.path.isfile(path):
-    raise UserError(f"file not found: {path}")
+    raise UserError(f"feature file not found: {path}; check the path (or the config's data "
+                    f"root)")
   ext = os.path.splitext(path)[1].lower()
   if ext in (".hkl", ".hickle"):
     raise UserError(f"{path}: hickle files are not supported; convert it to a pickle "
                     f"(hickle.load, then pickle.dump) and point the path at that")
   if ext not in (".pkl", ".pickle", ".npy"):
     raise UserError(f"{path}: unsupported feature file extension {ext!r} (.pkl, .pickle, .npy)")
-  try:
+  with file_errors.reading(path, "feature file", _REMEDY):
     with open(path, "rb") as f:
       if ext != ".npy":
-        data = _FeatureUnpickler(f, encoding="latin1").load()
+        data = _unpickle(f)
       else:
         version = np.lib.format.read_magic(f)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
@@ -92,13 +176,11 @@ def load_feature_file(path: str) -> Any:
           f.seek(0)
           return np.load(f, allow_pickle=False)
         # Object arrays are a pickle after the header; keep them behind the same allowlist.
-        data = _FeatureUnpickler(f, encoding="latin1").load()
+        data = _unpickle(f)
         if isinstance(data, np.ndarray) and data.size == 1:
           data = data.reshape(()).item()  # zsvision's 0-d dict convention.
-  except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-    raise UserError(f"{path}: cannot read feature file ({type(e).__name__}: {e})") from e
-  if isinstance(data, ExpertStore):
-    data = data.to_dict()
+    if isinstance(data, ExpertStore):
+      data = data.to_dict()  # Inside: a damaged store lacks or mangles its attributes.
   return data
 
 

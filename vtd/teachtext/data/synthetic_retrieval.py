@@ -61,7 +61,8 @@ import json
 import numpy as np
 
 from vtd.data import cache
-from vtd.data.retrieval import RetrievalDataset, RetrievalSplit, load_npz, save_npz
+from vtd.teachtext.data import retrieval
+from vtd.teachtext.data.retrieval import RetrievalDataset, RetrievalSplit
 
 TYPES = ("object", "action", "scene", "sound")
 # expert -> (dim, {type: weight}, probability missing)
@@ -217,4 +218,9 @@ def generate(spec: SyntheticRetrievalSpec) -> RetrievalDataset:
 def load_or_generate(spec: SyntheticRetrievalSpec, cache_dir: str | None) -> RetrievalDataset:
   """Loads the cached dataset for `spec`, generating (and caching) it on first use."""
   path = cache_dir and cache.cache_file(cache_dir, "synthetic_retrieval", spec.cache_key())
-  return cache.load_or_generate(path, lambda: generate(spec), load_npz, save_npz)
+  what = "synthetic retrieval cache"
+  return cache.load_or_generate(
+      path, lambda: generate(spec),
+      lambda p: retrieval.from_arrays(cache.load_entry(p, what), f"{what} {p}",
+                                      description=f"synthetic retrieval {spec}"),
+      lambda ds, p: cache.save_entry(p, retrieval.to_arrays(ds)))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vtd.data import retrieval
-from vtd.data import synthetic_retrieval as synth
+from vtd.teachtext.data import retrieval
+from vtd.teachtext.data import synthetic_retrieval as synth
 from vtd.errors import UserError
 
 SPEC = synth.SyntheticRetrievalSpec(num_train=40, num_val=10, num_test=12, num_concepts=32)
