@@ -88,20 +88,11 @@ def _row_bias(num_rows: jax.Array, chunk: int) -> jax.Array:
   return jnp.where(jnp.arange(chunk) < num_rows, 0.0, -jnp.inf)[:, None]
 
 
-# The bank update is two kernels, not one: in a single jit XLA:CPU materialises beta * block
-# (shared by the max and the exp-sum), which made the pass 2-3x slower on CPU. Masking by an
-# additive row bias instead of jnp.where(mask, ...) is also several times faster there.
 # x = fl32(beta * S), the official float32 product, as a kernel of its own so that it is
 # rounded in memory: inside one kernel XLA:CPU contracts beta * S - c into a fused
 # multiply-add (even across an optimization barrier), which is not fl32(beta * S) - c and
-# moves the normaliser by ~1e-7 and breaks exact ties in the ranks.
+# breaks exact ties in the ranks (`dis_t2v_ranks`).
 _scale = jax.jit(lambda sims, beta: beta * sims)
-
-
-@jax.jit
-def _bank_max(x: jax.Array, num_rows: jax.Array, run_max: jax.Array) -> jax.Array:
-  """[N] running max of x = fl32(beta * S_bank), updated with a padded block [C, N]."""
-  return jnp.maximum(run_max, jnp.max(x + _row_bias(num_rows, x.shape[0]), 0))
 
 
 def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -111,37 +102,38 @@ def _two_sum(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
   return s, (a - (s - bb)) + (b - bb)
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _bank_sum(block: jax.Array, x: jax.Array, num_rows: jax.Array, run_max: jax.Array,
-              new_max: jax.Array, run_sum: jax.Array, run_err: jax.Array, active: jax.Array,
-              *, k: int):
-  """Adds a padded block [C, N] to the running sum (a float32 pair) and activation set.
+@functools.partial(jax.jit, static_argnames=("rows", "cols", "k"))
+def _bank_update(window: jax.Array, shift: jax.Array, num_rows: jax.Array, beta: jax.Array,
+                 run_max: jax.Array, run_sum: jax.Array, run_err: jax.Array,
+                 active: jax.Array, *, rows: int, cols: int, k: int):
+  """Adds one bank block ([rows, cols] at `shift` in a `chunking.host_row_windows` window) to
+  the running column max, the running sum (a float32 pair: logsumexp = max + log(sum + err))
+  and the activation set.
 
-  logsumexp so far = new_max + log(sum + err); run_max is the shift the sum was kept at.
-  x = fl32(beta * S) of the block (`_scale`): the terms are exp(x - shift), from the official
-  code's float32 product.
+  One kernel, two passes over the block: the column max of S itself (fl32(beta * .) is
+  monotone, so beta * max S is the max of the official x = fl32(beta * S)), then the
+  exponentials. (Taking the max of beta * S instead made XLA:CPU materialise the product.)
   """
-  chunk, num_gallery = block.shape
+  block = chunking.block_from_window(window, shift, rows, cols)
+  real = (jnp.arange(rows) < num_rows)[:, None]
+  bias = jnp.where(real, 0.0, -jnp.inf)  # padding rows: exp(-inf) = 0, never a max
+  new_max = jnp.maximum(run_max, beta * jnp.max(block + bias, axis=0))
   # A column that is still all -inf would give inf - inf = nan; any finite shift works there.
-  shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-  terms = jnp.exp(x + _row_bias(num_rows, chunk) - shift)
-  # XLA:CPU's own reduction over the block's rows is accurate enough (~1e-8 measured: the
-  # normaliser's error is the exp's); the blocks are accumulated exactly (TwoSum) below.
-  part = jnp.sum(terms, axis=0)
-  # Rescale to the new shift (exp(...) <= 1; 1 once the running max has settled).
-  scale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max, shift) - shift)
+  shift_to = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+  # XLA:CPU's own reduction over the block's rows is accurate enough (the normaliser's
+  # measured error, ~5e-8, is the exp's); the blocks are accumulated exactly (TwoSum).
+  part = jnp.sum(jnp.exp(beta * block + bias - shift_to), axis=0)
+  scale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max, shift_to) - shift_to)
   total, err = _two_sum(run_sum * scale, part)
   run_err = run_err * scale + err
-  real = (jnp.arange(chunk) < num_rows)[:, None]
   if k == 1:
     # The columns holding a row maximum, as a column-wise max of hits: XLA:CPU's row
     # argmax / top_k is ~4x slower. (A row with tied maxima marks all of them.)
     hit = jnp.where(real & (block == jnp.max(block, axis=1, keepdims=True)), 1.0, 0.0)
-    return total, run_err, active | (jnp.max(hit, axis=0) > 0)
-  _, top = jax.lax.top_k(block, k)  # [C, k]; beta > 0 so S and beta * S rank alike
-  # Padding rows scatter to index N, which mode="drop" discards.
-  top = jnp.where(real, top, num_gallery)
-  return total, run_err, active.at[top.reshape(-1)].set(True, mode="drop")
+    return new_max, total, run_err, active | (jnp.max(hit, axis=0) > 0)
+  _, top = jax.lax.top_k(block, k)  # [rows, k]; beta > 0 so S and beta * S rank alike
+  top = jnp.where(real, top, cols)  # padding rows scatter to index N: dropped
+  return new_max, total, run_err, active.at[top.reshape(-1)].set(True, mode="drop")
 
 
 _LN2_HI = np.float32(0.693145751953125)        # ln 2 with its last 12 mantissa bits zero,
@@ -257,21 +249,35 @@ def querybank_stats(bank_sims: BankSims, *, beta: float = 20.0, k: int = 1,
     raise ValueError(f"bank_chunk must be >= 1, got {bank_chunk}")
   state, num_gallery, total = None, None, 0
   beta_arr = jnp.float32(beta)
-  for block, rows in _blocks(_pieces(bank_sims, bank_chunk, num_bank), bank_chunk):
+  if (not callable(bank_sims) and num_bank is None and isinstance(bank_sims, np.ndarray)
+      and bank_sims.ndim == 2 and bank_sims.shape[0] > 0):
+    # A host matrix is read in place (aligned zero-copy windows), block by block.
+    chunk = min(bank_chunk, bank_sims.shape[0])
+    windows = ((w, shift, rows, bank_sims.shape[1]) for _, rows, w, shift in
+               chunking.host_row_windows(bank_sims, chunk, np.float32))
+  else:
+    if hasattr(bank_sims, "shape") and not callable(bank_sims) and bank_sims.shape[0] > 0:
+      bank_chunk = min(bank_chunk, bank_sims.shape[0])
+    chunk = bank_chunk
+
+    def padded(blocks):
+      for block, rows in blocks:
+        flat = block.reshape(-1)
+        size = chunking.window_size(block.shape[0], block.shape[1], 4)
+        xp = jnp if isinstance(flat, jax.Array) else np
+        yield xp.pad(flat, (0, size - flat.shape[0])), 0, rows, block.shape[1]
+    windows = padded(_blocks(_pieces(bank_sims, chunk, num_bank), chunk))
+  for window, shift, rows, cols in windows:
     if state is None:
-      num_gallery = block.shape[1]
+      num_gallery = cols
       if k > num_gallery:
         raise ValueError(f"k={k} exceeds the N={num_gallery} gallery items")
       state = (jnp.full(num_gallery, -jnp.inf, jnp.float32), jnp.zeros(num_gallery, jnp.float32),
                jnp.zeros(num_gallery, jnp.float32), jnp.zeros(num_gallery, bool))
-    elif block.shape[1] != num_gallery:
-      raise ValueError(f"bank pieces disagree on N: {block.shape[1]} after {num_gallery}")
-    run_max, run_sum, run_err, active = state
-    block, rows_arr = jax.device_put(block), np.int32(rows)  # one transfer for all kernels
-    x = _scale(block, beta_arr)
-    new_max = _bank_max(x, rows_arr, run_max)
-    state = (new_max,) + _bank_sum(block, x, rows_arr, run_max, new_max, run_sum, run_err,
-                                   active, k=k)
+    elif cols != num_gallery:
+      raise ValueError(f"bank pieces disagree on N: {cols} after {num_gallery}")
+    state = _bank_update(jax.device_put(window), np.int32(shift), np.int32(rows), beta_arr,
+                         *state, rows=chunk, cols=num_gallery, k=k)
     total += rows
   if state is None:
     raise ValueError("the querybank is empty (M = 0)")

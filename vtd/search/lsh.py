@@ -159,7 +159,9 @@ def _encode_with_host_blas(x: np.ndarray, lsh: LSH, params: LSH, chunk_size: int
   """
   n = x.shape[0]
   chunk = max(1, min(chunk_size, n))
-  rotation_t = np.ascontiguousarray(np.asarray(lsh.rotation, np.float32).T)  # [d, nbits]
+  # x @ A.T with A row-major, as NumPy's and Faiss's own calls (the same sgemm layout, hence
+  # the same float32 rounding and byte-identical codes; a contiguous A.T rounds differently).
+  rotation_t = np.ascontiguousarray(lsh.rotation, np.float32).T  # [d, nbits] view
   projections = _aligned_empty((chunk, lsh.nbits), np.float32)
   out = np.empty((n, lsh.code_size), np.uint8)
   for start in range(0, n, chunk):
