@@ -94,6 +94,70 @@ def run_size(num_frames: int, args: argparse.Namespace) -> list[tuple[str, float
   return rows
 
 
+def index_scaling(args: argparse.Namespace) -> None:
+  """faiss exact vs approximate binary indexes against the gallery size: search time of the
+  query frames' k-NN and recall@k of the approximate ones (against the exact k-NN)."""
+  import faiss  # pylint: disable=g-import-not-at-top
+  sizes = [int(x) for x in args.scale_sizes.split(",") if x]
+  if not sizes:
+    return
+  rng = np.random.default_rng(1)
+  cs = NBITS // 8
+  queries = rng.integers(0, 256, (args.scale_queries, cs), dtype=np.uint8)
+  times = {"flat": [], "ivf": [], "hnsw": []}
+  notes = []
+  gallery = rng.integers(0, 256, (max(sizes), cs), dtype=np.uint8)
+  # Near-duplicates of the queries (40 of 512 bits flipped), so the k-NN are not all ties.
+  plant = rng.choice(max(sizes), args.scale_queries, replace=False)
+  flips = np.zeros((args.scale_queries, NBITS), np.uint8)
+  for row in flips:
+    row[rng.choice(NBITS, args.flip, replace=False)] = 1
+  gallery[plant] = queries ^ np.packbits(flips, axis=1, bitorder="little")
+  k = args.scale_k
+  for n in sizes:
+    part = gallery[:n]
+    planted = plant < n
+    flat = faiss.IndexBinaryFlat(NBITS)
+    flat.add(part)
+    t_flat, (_, exact) = measure.best_time(lambda: flat.search(queries, k), args.repeats)
+    times["flat"].append(t_flat)
+    nlist = int(np.clip(4 * np.sqrt(n), 16, 4096))  # (capped: the assignment cost of add)
+    ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(NBITS), NBITS, nlist)
+    ivf.train(part[rng.choice(n, min(n, 40 * nlist), replace=False)])
+    ivf.add(part)
+    ivf.nprobe = args.nprobe
+    t_ivf, (_, got) = measure.best_time(lambda: ivf.search(queries, k), args.repeats)
+    times["ivf"].append(t_ivf)
+    # recall@k against the exact k-NN; among random codes most of the k are near-ties (the
+    # distances concentrate at 256 +- 11), so "planted found" -- the near-duplicate among the
+    # k returned -- is the recall that matters for retrieval.
+    recall = lambda got: np.mean([len(set(g) & set(e)) / k for g, e in zip(got, exact)])
+    found = lambda got: np.mean([plant[i] in set(got[i]) for i in np.nonzero(planted)[0]])
+    note = (f"N={n:,}: IVF nlist {nlist} nprobe {args.nprobe} recall@{k} "
+            f"{recall(got):.3f}, planted found {found(got):.3f}")
+    if n <= args.hnsw_max:
+      hnsw = faiss.IndexBinaryHNSW(NBITS, 16)
+      t0 = time.perf_counter()
+      hnsw.add(part)
+      add_s = time.perf_counter() - t0
+      hnsw.hnsw.efSearch = max(64, k)
+      t_hnsw, (_, got_h) = measure.best_time(lambda: hnsw.search(queries, k), args.repeats)
+      times["hnsw"].append(t_hnsw)
+      note += (f"; HNSW M 16 efSearch {hnsw.hnsw.efSearch} recall@{k} {recall(got_h):.3f}, "
+               f"planted found {found(got_h):.3f} (add {add_s:.0f} s)")
+    else:
+      times["hnsw"].append(None)
+      note += f"; HNSW skipped above --hnsw-max {args.hnsw_max:,} (its add time)"
+    notes.append(note)
+  print()
+  print(f"faiss binary indexes vs gallery size ({args.scale_queries} query codes, k = {k}; "
+        f"search time of all queries, best of {args.repeats}):")
+  print(measure.scaling_table("gallery codes", [f"{n:,}" for n in sizes], times,
+                              work=sizes))
+  for note in notes:
+    print("  " + note)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
@@ -108,8 +172,15 @@ def main() -> None:
   parser.add_argument("--batch-frames", type=int, default=8192)
   parser.add_argument("--numpy-rows", type=int, default=50000, help="numpy timing subset")
   parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--scale-sizes", default="100000,1000000,10000000",
+                      help="gallery codes of the index scaling table ('' to skip)")
+  parser.add_argument("--scale-queries", type=int, default=640, help="query codes there")
+  parser.add_argument("--scale-k", type=int, default=100, help="k of the k-NN there")
+  parser.add_argument("--nprobe", type=int, default=16, help="IVF lists probed")
+  parser.add_argument("--hnsw-max", type=int, default=1000000,
+                      help="largest gallery given to HNSW (its add is slow)")
   args = parser.parse_args()
-  sizes = args.sizes or ("20000,100000" if args.quick else "100000,1000000")
+  sizes = args.sizes or ("5000,20000" if args.quick else "100000,1000000")
   sizes = [int(s) for s in sizes.split(",")]
   args.backends = args.backends.split(",")
   if args.repeats is None:
@@ -117,6 +188,7 @@ def main() -> None:
   if args.quick:
     args.queries = min(args.queries, 8)
     args.numpy_rows = min(args.numpy_rows, 20000)
+    args.scale_sizes, args.scale_queries, args.hnsw_max = "2000,8000", 32, 2000
 
   import jax  # pylint: disable=g-import-not-at-top
   import faiss  # pylint: disable=g-import-not-at-top
@@ -138,6 +210,7 @@ def main() -> None:
       print(f"{n:>15,} {n * NBITS / 8 / 2**20:>6.0f}  {name:<36}{t:>10.3f}{t / t_raw:>8.2f}x  "
             f"{note}")
   print("goal: vtd whole pipeline <= 1.5x raw faiss k-NN time")
+  index_scaling(args)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,33 @@
-"""Benchmark: vtd's streaming QB-Norm + Dynamic Inverted Softmax vs the official NumPy code.
+"""Benchmark: vtd's streaming QB-Norm + DIS vs the official qb-norm code vs chunked NumPy.
 
 Default size: a 130,000-caption querybank (training captions) against the MSR-VTT full test
 gallery of 2,990 videos x 20 captions = 59,800 test queries; beta = 20, k = 1. Embeddings are
-random unit vectors (D = 256, fixed seed); similarities are float32 dot products, computed in
+random unit vectors (D = 256, fixed seed); similarities are float32 dot products computed in
 blocks of --bank-chunk rows (so every implementation sees bit-identical values).
 
-Implementations, each in its own spawned process, run on the same inputs:
-* numpy official: `qb_norm` of ioanacroi/qb-norm dynamic_inverted_softmax.py, literally (full
-  [M, N] and [Q, N] float32 matrices, argsort-based top-k and gate; it overwrites S_test in
-  place, as the official code does since test_test_normalized aliases it) -- the 1.0x baseline.
-* numpy no-sort: the same on full matrices with argmax/argpartition instead of the full-row
-  argsorts, to show how much of the gap is the sorting alone.
-* vtd, bank array: `dis_rerank` streaming the same [M, N] array in --bank-chunk row blocks.
+Implementations, each in its own spawned process, on the same inputs:
+* official: `qb_norm` of ioanacroi/qb-norm `dynamic_inverted_softmax.py`, imported unmodified
+  from --peer-path (a local checkout): full [M, N] and [Q, N] float32 matrices, argsort-based
+  top-k and gate; it overwrites S_test in place (it aliases its output to its input);
+* NumPy chunked: the plain NumPy version streamed like vtd's (bank blocks: float32
+  exp(beta S - column max) column sums with a running max, argmax for the activation set;
+  test blocks: argmax gate, log-space scores) -- the "plain NumPy" baseline;
+* vtd, bank array: `dis_rerank` streaming the same [M, N] array;
 * vtd, bank callable: `dis_rerank` with a callable computing each bank block from the
-  embeddings, so S_bank never exists (its time includes those matmuls; the others get S_bank
-  precomputed).
+  embeddings, so S_bank never exists (its time includes those matmuls).
 
-Memory: each process builds its inputs, records its peak RSS (ru_maxrss), then runs; "extra
-peak RSS" is the growth of ru_maxrss beyond that point, i.e. the working memory on top of the
-inputs (for vtd it includes XLA compilation and its [Q, N] float32 output, which the in-place
-official code does not allocate; with --repeats > 1 the in-place NumPy runs also hold a
-pristine copy of S_test, counted as input). Times: best of --repeats; vtd's first (compiling)
-call is run and reported separately. On a shared, loaded machine times vary by up to ~2x
-between runs; the memory figures are stable.
+Memory: each process builds its inputs, then resets its peak-RSS counter; "extra MiB" is the
+peak resident memory of the timed run beyond the resident memory before it (outputs
+included; vtd's first, compiling call runs before). Times: median of --repeats runs.
 
-Agreement with the official output is checked on the top-1 of every query and on the full
-ranking of --sample rows; where they differ, the official float32 values of the swapped items
-are reported as relative gaps (float32 rounding near-ties). The sampled rows are also ranked
-against a float64 log-space DIS, which says whose float32 rounding is closer to exact.
+Exactness: ground-truth t2v ranks (CE "averaging" ties) of every query from the official
+output, from `qbnorm.dis_t2v_ranks` (vtd's exact comparison) and from a float64 reference
+(x = fl32(beta S) as officially, normaliser summed in float64) are compared.
 
-  python bench/qbnorm_dis.py [--quick] [--bank 130000 --videos 2990 --captions 20]
+  python bench/qbnorm_dis.py [--peer-path /work/peers/ioanacroi+qb-norm] [--bank 130000]
+  python bench/qbnorm_dis.py --quick
+Goals (issue 09): every GT rank equal to qb-norm's, >= 10x qb-norm, >= 2x chunked NumPy,
+extra memory <= 1 GB.
 """
 
 from __future__ import annotations
@@ -46,15 +44,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 import measure  # noqa: E402  (bench/ is on sys.path as the script folder)
 
-IMPLS = {"official": "numpy official (literal)", "nosort": "numpy no-sort (full matrices)",
-         "vtd_array": "vtd dis_rerank, bank array", "vtd_callable": "vtd dis_rerank, bank callable"}
+IMPLS = {"official": "qb-norm dynamic_inverted_softmax.py (official)",
+         "numpy": "NumPy chunked (plain)", "vtd_array": "vtd dis_rerank, bank array",
+         "vtd_callable": "vtd dis_rerank, bank callable"}
 
 
-def make_embeddings(args: argparse.Namespace):
+def make_embeddings(args: argparse.Namespace, bank: int):
   """(bank text [M, D], test text [Q, D], videos [N, D]) random float32 unit vectors."""
   rng = np.random.default_rng(args.seed)
   out = []
-  for rows in (args.bank, args.videos * args.captions, args.videos):
+  for rows in (bank, args.videos * args.captions, args.videos):
     x = rng.standard_normal((rows, args.dim), dtype=np.float32)
     out.append(x / np.linalg.norm(x, axis=1, keepdims=True))
   return tuple(out)
@@ -72,132 +71,116 @@ def full_sims(text: np.ndarray, videos: np.ndarray, block: int) -> np.ndarray:
   return sims
 
 
-def qb_norm_official(train_test, test_test, beta, k):
-  """ioanacroi/qb-norm `qb_norm` with its two helpers inlined, otherwise verbatim."""
-  argm = np.argsort(-train_test, axis=1)
-  retrieved_videos = np.unique(argm[:, :k].reshape(-1))
-  test_test_normalized = test_test
-  train_test = np.exp(train_test * beta)
-  test_test = np.exp(test_test * beta)
-  normalizing_sum = np.sum(train_test, axis=0)
-  argm = np.argsort(-test_test, axis=1)[:, 0]
-  index_for_normalizing = np.nonzero(np.array(list(map(lambda x: x in retrieved_videos, argm))))
-  test_test_normalized[index_for_normalizing, :] = np.divide(
-      test_test[index_for_normalizing, :], normalizing_sum)
-  return test_test_normalized
-
-
-def qb_norm_nosort(train_test, test_test, beta, k):
-  """Same result (up to tie-breaking) without the full-row sorts, still on full matrices."""
-  top = (np.argmax(train_test, axis=1) if k == 1 else
-         np.argpartition(-train_test, k - 1, axis=1)[:, :k])
-  active = np.zeros(train_test.shape[1], bool)
-  active[top.reshape(-1)] = True
-  normalizing_sum = np.sum(np.exp(train_test * beta), axis=0)
-  gate = active[np.argmax(test_test, axis=1)]
-  test_test[gate] = np.exp(test_test[gate] * beta) / normalizing_sum
-  return test_test
-
-
-def exact_sample(bank: np.ndarray, raw: np.ndarray, beta: float, k: int) -> np.ndarray:
-  """float64 log-space DIS of the sampled test rows [s, N], as ground truth for rankings."""
-  col_max = beta * bank.max(axis=0).astype(np.float64)
-  norm = np.zeros(bank.shape[1])
+def numpy_chunked(bank: np.ndarray, test: np.ndarray, beta: float, k: int, bank_chunk: int,
+                  query_chunk: int) -> np.ndarray:
+  """Plain NumPy DIS, streamed: log-space scores like vtd's (float32)."""
+  beta32 = np.float32(beta)
+  run_max = np.full(bank.shape[1], -np.inf, np.float32)
+  run_sum = np.zeros(bank.shape[1], np.float32)
   active = np.zeros(bank.shape[1], bool)
+  for start in range(0, bank.shape[0], bank_chunk):
+    x = bank[start:start + bank_chunk] * beta32
+    new_max = np.maximum(run_max, x.max(axis=0))
+    run_sum = run_sum * np.exp(run_max - new_max) + np.exp(x - new_max).sum(axis=0)
+    run_max = new_max
+    top = (x.argmax(axis=1)[:, None] if k == 1 else
+           np.argpartition(-x, k - 1, axis=1)[:, :k])
+    active[top.reshape(-1)] = True
+  log_norm = run_max + np.log(run_sum)
+  out = np.empty_like(test)
+  for start in range(0, test.shape[0], query_chunk):
+    t = test[start:start + query_chunk]
+    gate = active[t.argmax(axis=1)]
+    out[start:start + query_chunk] = np.where(gate[:, None], t * beta32 - log_norm, t)
+  return out
+
+
+def gt_ranks(scores: np.ndarray, k: int) -> np.ndarray:
+  """[Q] 0-based rank of each row's own video (q // k), ties averaged (CE metrics)."""
+  ranks = np.empty(scores.shape[0])
+  for start in range(0, scores.shape[0], 4096):
+    s = scores[start:start + 4096]
+    own = s[np.arange(s.shape[0]), (start + np.arange(s.shape[0])) // k][:, None]
+    ranks[start:start + 4096] = (s > own).sum(1) + ((s == own).sum(1) - 1) / 2
+  return ranks
+
+
+def float64_ranks(bank: np.ndarray, test: np.ndarray, beta: float, k_cap: int) -> np.ndarray:
+  """GT ranks of the exact DIS of the official float32 quantities (x = fl32(beta S))."""
+  beta32 = np.float32(beta)
+  col_max = (bank * beta32).max(axis=0).astype(np.float64)
+  total = np.zeros(bank.shape[1])
   for start in range(0, bank.shape[0], 8192):
-    block = bank[start:start + 8192].astype(np.float64)
-    norm += np.exp(beta * block - col_max).sum(axis=0)
-    active[np.argpartition(-block, k - 1, axis=1)[:, :k].reshape(-1)] = True
-  raw = raw.astype(np.float64)
-  gate = active[np.argmax(raw, axis=1)]
-  return np.where(gate[:, None], beta * raw - (col_max + np.log(norm)), raw)
+    total += np.exp((bank[start:start + 8192] * beta32).astype(np.float64) - col_max).sum(0)
+  ell = col_max + np.log(total)
+  active = np.zeros(bank.shape[1], bool)
+  active[bank.argmax(axis=1)] = True
+  ranks = np.empty(test.shape[0])
+  for start in range(0, test.shape[0], 4096):
+    t = test[start:start + 4096]
+    gate = active[t.argmax(axis=1)]
+    key = np.where(gate[:, None], (t * beta32).astype(np.float64) - ell, t.astype(np.float64))
+    own = key[np.arange(t.shape[0]), (start + np.arange(t.shape[0])) // k_cap][:, None]
+    ranks[start:start + 4096] = (key > own).sum(1) + ((key == own).sum(1) - 1) / 2
+  return ranks
 
 
-def _worker(impl: str, args: argparse.Namespace, conn) -> None:
+def _worker(impl: str, args: argparse.Namespace, num_bank: int, exactness: bool, conn) -> None:
   if impl.startswith("vtd"):
     import jax  # pylint: disable=g-import-not-at-top
-    from vtd.evaluators.qbnorm import dis_rerank  # pylint: disable=g-import-not-at-top
+    from vtd.evaluators import qbnorm  # pylint: disable=g-import-not-at-top
     jax.devices()  # initialise the backend before the memory baseline
-  bank_text, test_text, videos = make_embeddings(args)
+  bank_text, test_text, videos = make_embeddings(args, num_bank)
   test = full_sims(test_text, videos, args.bank_chunk)
-  t0 = time.perf_counter()
   bank = None if impl == "vtd_callable" else full_sims(bank_text, videos, args.bank_chunk)
-  bank_time = time.perf_counter() - t0
-  # In-place implementations get a pristine copy back before each run (outside the timing).
-  pristine = test.copy() if impl in ("official", "nosort") and args.repeats > 1 else None
-  inputs_mib = sum(x.nbytes for x in (bank_text, test_text, videos, test, bank, pristine)
-                   if x is not None) / 2**20
   kw = dict(beta=args.beta, k=args.k)
+  pristine = test.copy() if impl == "official" else None  # it overwrites its input
   if impl == "official":
-    run = lambda: qb_norm_official(bank, test, **kw)
-  elif impl == "nosort":
-    run = lambda: qb_norm_nosort(bank, test, **kw)
+    dis = measure.load_peer_module(os.path.join(args.peer_path, "dynamic_inverted_softmax.py"),
+                                   "qbnorm_official")
+    run = lambda: dis.qb_norm(bank, test, {"beta": args.beta, "k": args.k})
+  elif impl == "numpy":
+    run = lambda: numpy_chunked(bank, test, args.beta, args.k, args.bank_chunk,
+                                args.query_chunk)
   else:
     source = (bank if impl == "vtd_array" else
               lambda start, stop: block_sims(bank_text, videos, start, stop))
-    num_bank = None if impl == "vtd_array" else args.bank
-    run = lambda: dis_rerank(test, source, bank_chunk=args.bank_chunk,
-                             query_chunk=args.query_chunk, num_bank=num_bank, **kw)
-  sample = np.random.default_rng(1).choice(test.shape[0], min(args.sample, test.shape[0]),
-                                           replace=False)
-  raw_sample = test[sample].copy()  # the official code overwrites test
-  base = measure.peak_rss_mib()
-  first, times = None, []
-  if impl.startswith("vtd"):
-    t0 = time.perf_counter()
-    run()
-    first = time.perf_counter() - t0
+    num = None if impl == "vtd_array" else num_bank
+    run = lambda: qbnorm.dis_rerank(test, source, bank_chunk=args.bank_chunk,
+                                    query_chunk=args.query_chunk, num_bank=num, **kw)
+    run()  # compile
+  out, times, extra = None, [], 0.0
   for r in range(args.repeats):
     if r and pristine is not None:
       test[...] = pristine
-    out = None  # so vtd's previous [Q, N] output is freed, not held during the next run
+    out = None  # the previous output is freed, not held during the next run
+    measure.reset_peak_rss()
+    before = measure.current_rss_mib()
     t0 = time.perf_counter()
     out = run()
     times.append(time.perf_counter() - t0)
-  extra = measure.peak_rss_mib() - base
-  # Post-processing (not timed, after the memory reading): top-2 per row and sample rows.
-  top2 = np.argpartition(-out, 1, axis=1)[:, :2]
-  vals2 = np.take_along_axis(out, top2, axis=1)
-  order = np.argsort(-vals2, axis=1, kind="stable")
-  top2, vals2 = np.take_along_axis(top2, order, 1), np.take_along_axis(vals2, order, 1)
-  exact = exact_sample(bank, raw_sample, args.beta, args.k) if impl == "official" else None
-  gated = None
-  if impl.startswith("vtd"):
-    gated = float(np.mean(np.any(out != test, axis=1)))
-  conn.send({"times": times, "first": first, "extra_rss": extra, "inputs_mib": inputs_mib,
-             "bank_time": bank_time, "top2": top2, "vals2": vals2, "sample": out[sample],
-             "exact": exact, "gated": gated})
+    extra = max(extra, measure.peak_rss_mib() - before)
+  result = {"time": float(np.median(times)), "times": times, "extra": extra}
+  if exactness:
+    result["ranks"] = gt_ranks(out, args.captions)
+    if impl == "vtd_array":
+      stats = qbnorm.querybank_stats(bank, **kw, bank_chunk=args.bank_chunk)
+      result["exact_ranks"] = qbnorm.dis_t2v_ranks(
+          test, stats, captions_per_video=args.captions, query_chunk=args.query_chunk)[0]
+      result["float64_ranks"] = float64_ranks(bank, test, args.beta, args.captions)
+  conn.send(result)
   conn.close()
 
 
-def run_impl(impl: str, args: argparse.Namespace) -> dict:
-  return measure.run_in_subprocess(_worker, impl, args)
-
-
-def agreement(got: dict, ref: dict) -> str:
-  """Top-1 and sampled full-ranking agreement of `got` with the official output `ref`."""
-  differ = np.nonzero(got["top2"][:, 0] != ref["top2"][:, 0])[0]
-  v = ref["vals2"][differ].astype(np.float64)
-  top1_gap = float(np.max((v[:, 0] - v[:, 1]) / np.abs(v[:, 0]))) if differ.size else 0.0
-  same_rows, worst = 0, 0.0
-  for row_got, row_ref in zip(got["sample"], ref["sample"]):
-    rank_got = np.argsort(-row_got, kind="stable")
-    if np.array_equal(rank_got, np.argsort(-row_ref, kind="stable")):
-      same_rows += 1
-      continue
-    # The official values in vtd's order should be non-increasing; the largest rise between
-    # neighbours, relative to the value, says how close to a tie the swapped items were.
-    seq = row_ref[rank_got].astype(np.float64)
-    worst = max(worst, float(np.max((seq[1:] - seq[:-1]) / np.abs(seq[:-1]))))
-  n, s = len(got["top2"]), len(got["sample"])
-  return (f"top-1 same for {n - differ.size}/{n} queries (differing: official rel. gap <= "
-          f"{top1_gap:.1e}); full ranking same for {same_rows}/{s} sampled rows (differing: "
-          f"largest official rel. inversion {worst:.1e})")
+def run_impl(impl: str, args: argparse.Namespace, num_bank: int, exactness: bool = False):
+  return measure.run_in_subprocess(_worker, impl, args, num_bank, exactness)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+  parser.add_argument("--peer-path", default=None, help="local checkout of ioanacroi/qb-norm")
+  parser.add_argument("--peer-scaling", action="store_true", help="official in the scaling")
   parser.add_argument("--bank", type=int, default=130000, help="M querybank captions")
   parser.add_argument("--videos", type=int, default=2990, help="N gallery videos")
   parser.add_argument("--captions", type=int, default=20, help="test captions per video")
@@ -206,59 +189,61 @@ def main() -> None:
   parser.add_argument("--k", type=int, default=1)
   parser.add_argument("--bank-chunk", type=int, default=512)
   parser.add_argument("--query-chunk", type=int, default=256)
-  parser.add_argument("--repeats", type=int, default=1, help="timed runs of each")
-  parser.add_argument("--sample", type=int, default=500, help="rows whose full ranking is compared")
-  parser.add_argument("--impls", default=",".join(IMPLS))
+  parser.add_argument("--repeats", type=int, default=3, help="timed runs of each")
+  parser.add_argument("--scale-bank", default="16250,32500,65000",
+                      help="bank sizes of the scaling table ('' to skip)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   if args.quick:
-    args.bank, args.videos, args.captions = 20000, 1000, 10
-  impls = args.impls.split(",")
+    measure.SAME_PROCESS = True  # (memory figures then not per implementation)
+    args.bank, args.videos, args.captions, args.repeats = 4000, 200, 5, 1
+    args.scale_bank = "1000,2000"
 
   import jax  # pylint: disable=g-import-not-at-top
   m, n, q = args.bank, args.videos, args.videos * args.captions
   print(f"S_bank [{m} x {n}] ({m * n * 4 / 2**20:.0f} MiB), S_test [{q} x {n}] "
-        f"({q * n * 4 / 2**20:.0f} MiB) float32; beta={args.beta}, k={args.k}, "
-        f"bank_chunk={args.bank_chunk}, query_chunk={args.query_chunk}, "
-        f"repeats={args.repeats}; {os.cpu_count()} CPUs, numpy {np.__version__}, "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}")
-  res = {impl: run_impl(impl, args) for impl in impls}
-
-  base = res.get("official")
+        f"({q * n * 4 / 2**20:.0f} MiB) float32; beta={args.beta}, k={args.k}; "
+        f"{os.cpu_count()} CPUs (shared), jax {jax.__version__} on {jax.default_backend()}; "
+        f"median of {args.repeats}")
+  impls = (["official"] if args.peer_path else []) + ["numpy", "vtd_array", "vtd_callable"]
+  res = {impl: run_impl(impl, args, m, exactness=impl in ("official", "vtd_array"))
+         for impl in impls}
   print()
-  print("| implementation | time (s) | vs official | extra peak RSS (MiB) | inputs (MiB) | note |")
-  print("|---|---:|---:|---:|---:|---|")
+  print("| implementation | time (s) | vtd (array) speed-up | extra MiB |")
+  print("|---|---:|---:|---:|")
+  t_vtd = res["vtd_array"]["time"]
   for impl in impls:
     r = res[impl]
-    t = min(r["times"])
-    speed = f"{min(base['times']) / t:.1f}x" if base else "-"
-    note = []
-    if r["first"] is not None:
-      note.append(f"first call {r['first']:.2f} s (compile + run)")
-    if impl == "vtd_callable":
-      note.append("includes computing S_bank blocks; S_bank never exists")
-    if impl == "official":
-      note.append(f"S_bank precomputed for all but the callable in {r['bank_time']:.1f} s")
-    print(f"| {IMPLS[impl]} | {t:.2f} | {speed} | {r['extra_rss']:.0f} | {r['inputs_mib']:.0f} "
-          f"| {'; '.join(note)} |")
+    print(f"| {IMPLS[impl]} | {r['time']:.2f} | {r['time'] / t_vtd:.2f}x | {r['extra']:.0f} |")
+  v = res["vtd_array"]
+  ref = v["float64_ranks"]
   print()
-  gated = next((r["gated"] for r in res.values() if r["gated"] is not None), None)
-  if gated is not None:
-    print(f"rows gated (argmax in the activation set): {100 * gated:.1f}%")
-  if "vtd_array" in res and "vtd_callable" in res:
-    same = np.array_equal(res["vtd_array"]["sample"], res["vtd_callable"]["sample"])
-    print(f"vtd bank callable vs bank array: sampled rows bit-identical: {'yes' if same else 'NO'}")
-  if base:
-    for impl in impls:
-      if impl != "official":
-        print(f"{IMPLS[impl]} vs official: {agreement(res[impl], base)}")
-    exact = [np.argsort(-row, kind="stable") for row in base["exact"]]
-    counts = []
-    for impl in impls:
-      same = sum(np.array_equal(np.argsort(-row, kind="stable"), want)
-                 for row, want in zip(res[impl]["sample"], exact))
-      counts.append(f"{IMPLS[impl]} {same}/{len(exact)}")
-    print("full ranking equal to the float64 log-space DIS on sampled rows: " + ", ".join(counts))
+  print(f"GT ranks (of {q}) differing from the float64 reference: vtd dis_t2v_ranks "
+        f"{int((v['exact_ranks'] != ref).sum())}, vtd dis_rerank scores (float32 log space) "
+        f"{int((v['ranks'] != ref).sum())}"
+        + (f", official {int((res['official']['ranks'] != ref).sum())}"
+           if "official" in res else ""))
+  if "official" in res:
+    off = res["official"]["ranks"]
+    print(f"GT ranks differing from the official code's: vtd dis_t2v_ranks "
+          f"{int((v['exact_ranks'] != off).sum())}, vtd dis_rerank scores "
+          f"{int((v['ranks'] != off).sum())}")
+  print("goals: GT ranks equal to qb-norm's, >= 10x qb-norm, >= 2x chunked NumPy, "
+        "extra <= 1 GB")
+
+  sizes = [int(s) for s in args.scale_bank.split(",") if s] + [m]
+  if len(sizes) > 1:
+    scale_impls = (["official"] if args.peer_path and args.peer_scaling else []) + [
+        "numpy", "vtd_array"]
+    times = {impl: [] for impl in scale_impls}
+    for size in sizes[:-1]:
+      for impl in scale_impls:
+        times[impl].append(run_impl(impl, args, size)["time"])
+    for impl in scale_impls:
+      times[impl].append(res[impl]["time"])
+    print()
+    print(f"Scaling with the bank size M (Q = {q} test queries, N = {n}):")
+    print(measure.scaling_table("bank M", sizes, times))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,26 @@
-"""Benchmark: vtd's `retrieval_metrics` vs a vectorised NumPy port of the official CE metrics.
+"""Benchmark: vtd's `retrieval_metrics` vs plain NumPy counting and CE's own `metric.py`.
 
 Default size is the MSR-VTT full test split: 2,990 videos x 20 captions (59,800 x 2,990
 similarities, float32, fixed seed, ground truth boosted by --signal so recalls are non-trivial).
-Each implementation runs in its own spawned process, which creates the matrix, records its
-peak RSS, then runs; "extra peak RSS" is the growth of ru_maxrss beyond that point, i.e. the
-working memory on top of the input matrix (for vtd it includes XLA compilation).
+Implementations, each in its own spawned process (which creates the matrix, records its peak
+RSS, then runs; "extra RSS" is the growth of ru_maxrss beyond that point, i.e. the working
+memory on top of the input matrix, for vtd including XLA compilation):
 
-  python bench/retrieval_metrics.py [--num-videos 2990 --captions 20 --repeats 3]
+* vtd: `retrieval_metrics` (t2v + v2t in one streamed pass, jitted; compile excluded);
+* numpy count: the plain NumPy version of the same closed form, rank = #(s > gt) +
+  (#(s == gt) - 1) / 2, counted over row blocks of --numpy-block rows (t2v row sums, v2t
+  column sums against each video's best caption) -- the "plain NumPy" baseline;
+* CE metric.py: `t2v_metrics` + `v2t_metrics` of albanie/collaborative-experts
+  `model/metric.py`, imported unmodified from --peer-path (a local checkout; torch and
+  sklearn, which the file imports but these functions do not use, are stubbed if absent).
+
+Times are the median of --repeats calls (CE: --peer-repeats). Metrics must be identical
+(exact float equality, CE's keys MedR/MeanR = vtd's MdR/MnR). The scaling table times vtd and
+NumPy against the number of queries (captions per video --scale-captions at N_v fixed).
+
+  python bench/retrieval_metrics.py [--peer-path /work/peers/albanie+collaborative-experts]
+  python bench/retrieval_metrics.py --quick      # small sizes, seconds
+Goals (issue 09): >= 1.5x NumPy counting, >= 10x CE, extra memory <= 1/10 of CE's.
 """
 
 from __future__ import annotations
@@ -14,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 import measure  # noqa: E402  (bench/ is on sys.path as the script folder)
 
-KEYS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "geometric_mean_R1-R5-R10", "num_queries")
+KEYS = ("R1", "R5", "R10", "R50", "MdR", "MnR", "geometric_mean_R1-R5-R10")
+CE_KEYS = {"MdR": "MedR", "MnR": "MeanR"}
+IMPLS = {"vtd": "vtd retrieval_metrics", "numpy": "NumPy counting (plain)",
+         "ce": "CE metric.py (official)"}
 
 
 def make_sims(num_videos: int, captions: int, seed: int, signal: float) -> np.ndarray:
@@ -35,130 +51,114 @@ def make_sims(num_videos: int, captions: int, seed: int, signal: float) -> np.nd
   return sims
 
 
-def cols2metrics(cols: np.ndarray, num_queries: int) -> dict[str, float]:
-  """The official cols2metrics (R1 counts rank == 0), with gmean = 0 if a recall is 0."""
-  m = {"R1": 100 * float(np.sum(cols == 0)) / num_queries,
-       "R5": 100 * float(np.sum(cols < 5)) / num_queries,
-       "R10": 100 * float(np.sum(cols < 10)) / num_queries,
-       "R50": 100 * float(np.sum(cols < 50)) / num_queries,
-       "MdR": float(np.median(cols) + 1),
-       "MnR": float(np.mean(cols) + 1)}
-  r = np.array([m["R1"], m["R5"], m["R10"]])
-  m["geometric_mean_R1-R5-R10"] = float(np.exp(np.log(r).mean())) if r.min() > 0 else 0.0
-  m["num_queries"] = float(num_queries)
-  return m
-
-
-def numpy_official(sims: np.ndarray, query_mask: np.ndarray) -> dict[str, dict[str, float]]:
-  """Official CE t2v/v2t ("averaging" ties), vectorised: full-matrix sorts, no loop over rows.
-
-  Args:
-    sims: [N_q, N_v] similarities, N_q = N_v * K, video-major.
-    query_mask: [N_v, K] bool.
-  """
+def numpy_counting(sims: np.ndarray, block: int) -> dict[str, dict[str, float]]:
+  """Plain NumPy t2v / v2t metrics (all captions valid) by counting, block by block."""
+  from vtd.evaluators.retrieval import metrics_from_ranks  # pylint: disable=g-import-not-at-top
   num_queries, num_videos = sims.shape
   k = num_queries // num_videos
-  flat_mask = query_mask.reshape(-1)
   rows = np.arange(num_queries)
-
-  # t2v, as official t2v_metrics: sort each row of -sims, locate the gt value, average ties.
-  dists = -sims
-  gt_dists = dists[rows, rows // k][:, None]
-  sorted_dists = np.sort(dists, axis=1)
-  del dists
-  locs = np.argwhere(sorted_dists == gt_dists)  # row-major, so grouped by row
-  del sorted_dists
-  splits = np.insert(np.nonzero(np.diff(locs[:, 0]))[0] + 1, 0, 0)
-  summed = np.add.reduceat(locs[:, 1], splits)
-  counts = np.diff(np.append(splits, locs.shape[0]))
-  t2v_ranks = (summed / counts)[flat_mask]
-
-  # v2t, as official v2t_metrics: per video, sort the caption distances (missing = 1e8),
-  # average the tied positions of each own caption and keep the best. The loop runs over the
-  # K caption slots (20), each step vectorised over all videos.
-  dists_t = np.ascontiguousarray(-sims.T)  # [N_v, N_q]
-  dists_t[:, ~flat_mask] = 1e8
-  sorted_t = np.sort(dists_t, axis=1)
-  videos = np.arange(num_videos)
-  ranks = np.full((num_videos, k), np.inf)
-  for j in range(k):
-    own = dists_t[videos, videos * k + j][:, None]
-    eq = sorted_t == own
-    first = eq.argmax(axis=1)  # sorted, so the ties are first, ..., first + count - 1
-    count = np.count_nonzero(eq, axis=1)
-    ranks[:, j] = np.where(query_mask[:, j], first + (count - 1) / 2, np.inf)
-  v2t_ranks = ranks.min(axis=1)
-  return {"t2v": cols2metrics(t2v_ranks, int(flat_mask.sum())),
-          "v2t": cols2metrics(v2t_ranks, num_videos)}
+  own = sims[rows, rows // k]
+  best = own.reshape(num_videos, k).max(axis=1)
+  t2v = np.empty(num_queries)
+  v2t_greater = np.zeros(num_videos, np.int64)
+  v2t_equal = np.zeros(num_videos, np.int64)
+  for start in range(0, num_queries, block):
+    chunk, gt = sims[start:start + block], own[start:start + block, None]
+    t2v[start:start + block] = (chunk > gt).sum(1) + ((chunk == gt).sum(1) - 1) / 2
+    v2t_greater += (chunk > best).sum(0)
+    v2t_equal += (chunk == best).sum(0)
+  return {"t2v": metrics_from_ranks(t2v),
+          "v2t": metrics_from_ranks(v2t_greater + (v2t_equal - 1) / 2)}
 
 
-def _worker(impl: str, args: argparse.Namespace, conn) -> None:
+def _worker(impl: str, args: argparse.Namespace, num_videos: int, captions: int,
+            repeats: int, conn) -> None:
   if impl == "vtd":
     import jax  # pylint: disable=g-import-not-at-top
     from vtd.evaluators.retrieval import retrieval_metrics  # pylint: disable=g-import-not-at-top
-    jax.devices()  # initialise the backend before the memory baseline
-    run = lambda s, m: retrieval_metrics(s, m, query_chunk=args.query_chunk)
+    jax.devices()  # Initialise the backend before the memory baseline.
+    run = lambda s: retrieval_metrics(s)
+  elif impl == "numpy":
+    from vtd.evaluators import retrieval  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    # (imported before the memory baseline: numpy_counting uses its metrics_from_ranks)
+    run = lambda s: numpy_counting(s, args.numpy_block)
   else:
-    run = numpy_official
-  sims = make_sims(args.num_videos, args.captions, args.seed, args.signal)
-  mask = np.ones((args.num_videos, args.captions), bool)
+    ce = measure.load_peer_module(os.path.join(args.peer_path, "model", "metric.py"),
+                                  "ce_metric", ("torch", "sklearn.metrics"))
+    run = lambda s: {"t2v": ce.t2v_metrics(s), "v2t": ce.v2t_metrics(s)}
+  sims = make_sims(num_videos, captions, args.seed, args.signal)
   base = measure.peak_rss_mib()
-  times = []
-  first = None
-  if impl == "vtd":
-    t0 = time.perf_counter()
-    metrics = run(sims, mask)
-    first = time.perf_counter() - t0
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    metrics = run(sims, mask)
-    times.append(time.perf_counter() - t0)
-  conn.send({"times": times, "first": first, "metrics": metrics,
-             "extra_rss": measure.peak_rss_mib() - base, "sims_mib": sims.nbytes / 2**20})
+  seconds, times, metrics = measure.median_time(lambda: run(sims), repeats,
+                                                warmup=impl == "vtd")
+  if impl == "ce":
+    metrics = {d: {key: float(m[CE_KEYS.get(key, key)]) for key in KEYS}
+               for d, m in metrics.items()}
+  conn.send({"time": seconds, "times": times, "extra_rss": measure.peak_rss_mib() - base,
+             "metrics": {d: {key: m[key] for key in KEYS} for d, m in metrics.items()}})
   conn.close()
 
 
-def run_impl(impl: str, args: argparse.Namespace) -> dict:
-  return measure.run_in_subprocess(_worker, impl, args)
+def run_impl(impl: str, args: argparse.Namespace, num_videos: int, captions: int,
+             repeats: int) -> dict:
+  return measure.run_in_subprocess(_worker, impl, args, num_videos, captions, repeats)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--num-videos", type=int, default=2990)
   parser.add_argument("--captions", type=int, default=20)
-  parser.add_argument("--repeats", type=int, default=3, help="timed runs of each")
-  parser.add_argument("--query-chunk", type=int, default=2048)
+  parser.add_argument("--repeats", type=int, default=5, help="timed calls of vtd and NumPy")
+  parser.add_argument("--peer-repeats", type=int, default=1, help="timed calls of CE")
+  parser.add_argument("--peer-path", default=None,
+                      help="local checkout of albanie/collaborative-experts (optional)")
+  parser.add_argument("--numpy-block", type=int, default=256, help="rows per NumPy block")
+  parser.add_argument("--scale-captions", default="2,5,10,20",
+                      help="captions per video of the scaling table ('' to skip)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--signal", type=float, default=2.0, help="added to gt similarities")
+  parser.add_argument("--quick", action="store_true", help="small sizes (seconds)")
   args = parser.parse_args()
+  if args.quick:
+    measure.SAME_PROCESS = True  # (memory figures then not per implementation)
+    args.num_videos, args.captions, args.repeats = 300, 10, 3
+    args.scale_captions = "2,5,10"
 
   n_q, n_v = args.num_videos * args.captions, args.num_videos
-  print(f"sims [{n_q} x {n_v}] float32 ({n_q * n_v * 4 / 2**20:.0f} MiB), "
-        f"{os.cpu_count()} CPUs, repeats={args.repeats}, query_chunk={args.query_chunk}")
-  res = {impl: run_impl(impl, args) for impl in ("vtd", "numpy")}
+  print(f"sims [{n_q} x {n_v}] float32 ({n_q * n_v * 4 / 2**20:.0f} MiB), {os.cpu_count()} "
+        f"CPUs (shared), median of {args.repeats} calls (CE: {args.peer_repeats})")
+  impls = ["vtd", "numpy"] + (["ce"] if args.peer_path else [])
+  res = {}
+  for impl in impls:
+    repeats = args.peer_repeats if impl == "ce" else args.repeats
+    res[impl] = run_impl(impl, args, n_v, args.captions, repeats)
 
-  diffs = [abs(res["vtd"]["metrics"][d][key] - res["numpy"]["metrics"][d][key])
-           for d in ("t2v", "v2t") for key in KEYS]
-  equal = all(np.isclose(res["vtd"]["metrics"][d][key], res["numpy"]["metrics"][d][key],
-                         rtol=1e-12, atol=0) for d in ("t2v", "v2t") for key in KEYS)
-  print(f"metrics equal: {'yes' if equal else 'NO'} (max abs diff {max(diffs):.3g})")
+  for impl in impls[1:]:
+    same = all(res[impl]["metrics"][d][key] == res["vtd"]["metrics"][d][key]
+               for d in ("t2v", "v2t") for key in KEYS)
+    print(f"metrics identical to {IMPLS[impl]}: {'yes' if same else 'NO'}")
   for d in ("t2v", "v2t"):
     m = res["vtd"]["metrics"][d]
     print(f"  {d}: " + ", ".join(f"{key}={m[key]:.4g}" for key in KEYS))
-
-  t_np = min(res["numpy"]["times"])
-  t_vtd = min(res["vtd"]["times"])
-  first = res["vtd"]["first"]
   print()
-  print(f"{'implementation':<26}{'time (s, best)':>16}{'speedup':>10}{'extra peak RSS (MiB)':>22}")
-  print(f"{'numpy (official, vect.)':<26}{t_np:>16.3f}{1.0:>9.1f}x"
-        f"{res['numpy']['extra_rss']:>22.0f}")
-  print(f"{'vtd retrieval_metrics':<26}{t_vtd:>16.3f}{t_np / t_vtd:>9.1f}x"
-        f"{res['vtd']['extra_rss']:>22.0f}")
-  print(f"{'vtd first call':<26}{first:>16.3f}   (compile + run; compile ~ "
-        f"{first - t_vtd:.3f} s)")
-  print(f"all times (s): numpy {['%.3f' % t for t in res['numpy']['times']]}, "
-        f"vtd {['%.3f' % t for t in res['vtd']['times']]}")
+  print("| implementation | time (s, median) | vtd speed-up | extra peak RSS (MiB) |")
+  print("|---|---:|---:|---:|")
+  for impl in impls:
+    r = res[impl]
+    print(f"| {IMPLS[impl]} | {r['time']:.3f} | {r['time'] / res['vtd']['time']:.2f}x | "
+          f"{r['extra_rss']:.0f} |")
+  if "ce" in res:
+    print(f"vtd extra memory / CE's: {res['vtd']['extra_rss'] / res['ce']['extra_rss']:.3f}")
+  print("goals: >= 1.5x NumPy counting, >= 10x CE metric.py, extra memory <= 1/10 of CE's")
+
+  caps = [int(c) for c in args.scale_captions.split(",") if c]
+  if caps:
+    times = {"vtd": [], "numpy": []}
+    for c in caps:
+      for impl in times:
+        times[impl].append(run_impl(impl, args, n_v, c, args.repeats)["time"])
+    print()
+    print(f"Scaling with the number of queries (N_v = {n_v}, K captions per video):")
+    print(measure.scaling_table("queries N_q", [n_v * c for c in caps], times))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark: student inference ms/image vs the VideoPCA teacher's ms/frame, same run.
 
   python bench/segmentation_students.py [--size 64] [--batch 16] [--reference-widths]
+  python bench/segmentation_students.py --quick
 
 Each student of `configs/segmentation.py` (its CPU-sized widths, or the reference widths with
 --reference-widths) runs jitted inference on a batch of `--size` px frames; the teacher is the
@@ -29,7 +30,13 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--reference-widths", action="store_true",
                       help="the papers' widths instead of the CPU-sized config")
+  parser.add_argument("--students", default="", help="comma-separated ('' = the config's)")
+  parser.add_argument("--quick", action="store_true",
+                      help="32 px, batch 2, one repeat, one student (compile-bound)")
   args = parser.parse_args()
+  if args.quick:
+    args.size, args.batch, args.repeats = 32, 2, 1
+    args.students = args.students or "dense_unet"
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from configs import segmentation as seg_config  # pylint: disable=g-import-not-at-top
@@ -45,7 +52,7 @@ def main() -> None:
                                  warmup=True)[0] / 32
   images = jnp.asarray(rng.integers(0, 255, (args.batch, args.size, args.size, 3), np.uint8))
   rows = []
-  for name in cfg.students.names.split(","):
+  for name in (args.students or cfg.students.names).split(","):
     model = (models.STUDENTS[name]() if args.reference_widths
              else students.build_student(name, cfg.students))
     variables = model.init(jax.random.key(0), images[:2].astype(jnp.float32), train=False)

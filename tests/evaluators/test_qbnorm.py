@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vtd.evaluators.qbnorm import (QueryBankStats, dis_rerank, dis_scores, iter_dis_scores,
-                                   querybank_stats)
+from vtd.evaluators.qbnorm import (QueryBankStats, dis_rerank, dis_scores, dis_t2v_ranks,
+                                   iter_dis_scores, querybank_stats)
 from vtd.evaluators.retrieval import retrieval_metrics
 
 N = 40  # gallery size shared by most tests, so the kernels compile few times
@@ -158,3 +158,46 @@ def test_errors():
     querybank_stats(lambda start, stop: bank[:2], num_bank=10)
   with pytest.raises(ValueError, match="disagree on N"):
     querybank_stats([bank[:16], bank[:16, :-1]], bank_chunk=BANK_CHUNK)
+
+
+# --- Exactness of the normaliser and the ranks; host rows read in place. ---
+
+def _float64_dis_ranks(bank, test, beta, k_cap):
+  """GT ranks of the exact DIS of the official float32 quantities x = fl32(beta * S)."""
+  x_bank = (bank * np.float32(beta)).astype(np.float64)
+  ell = np.log(np.exp(x_bank - x_bank.max(0)).sum(0)) + x_bank.max(0)
+  active = np.zeros(bank.shape[1], bool)
+  active[bank.argmax(1)] = True
+  gate = active[test.argmax(1)]
+  key = np.where(gate[:, None], (test * np.float32(beta)).astype(np.float64) - ell, test)
+  own = key[np.arange(len(key)), np.arange(len(key)) // k_cap][:, None]
+  return (key > own).sum(1) + ((key == own).sum(1) - 1) / 2, ell
+
+
+def test_log_norm_pair_and_exact_ranks():
+  rng = np.random.default_rng(11)
+  n, k_cap = 40, 3
+  bank = (0.3 * rng.standard_normal((2000, n))).astype(np.float32)
+  test = (0.3 * rng.standard_normal((n * k_cap, n))).astype(np.float32)
+  # Near-ties: two videos per row whose official values differ only through their
+  # normalisers (equal x, columns 0 and 1 with different banks).
+  test[:, 1] = test[:, 0]
+  stats = querybank_stats(bank, beta=20.0, bank_chunk=BANK_CHUNK)
+  want, ell = _float64_dis_ranks(bank, test, 20.0, k_cap)
+  pair = np.asarray(stats.log_norm, np.float64) + np.asarray(stats.log_norm_lo, np.float64)
+  assert np.abs(pair - ell).max() < 2e-7  # float32 alone: ~1e-6
+  got, gated = dis_t2v_ranks(test, stats, captions_per_video=k_cap, query_chunk=QUERY_CHUNK)
+  np.testing.assert_array_equal(got, want)
+  assert gated.any()
+
+
+def test_host_rows_read_in_place_at_any_alignment():
+  bank, test = _data(seed=12)
+  stats = querybank_stats(bank, beta=20.0, bank_chunk=BANK_CHUNK)
+  want = np.asarray(dis_scores(jnp.asarray(test), stats))
+  for offset in (0, 1, 5, 13):
+    storage = np.zeros(test.size + 16, np.float32)
+    view = storage[offset:offset + test.size].reshape(test.shape)
+    view[...] = test
+    parts = [p for _, p in iter_dis_scores(view, stats, query_chunk=4)]
+    np.testing.assert_array_equal(np.concatenate(parts), want)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from vtd import chunking
 from vtd.evaluators import retrieval
 from vtd.evaluators.retrieval import RetrievalAccumulator, metrics_from_ranks, retrieval_metrics
 
@@ -285,3 +286,45 @@ def test_accumulator_errors():
 def test_non_float_sims_rejected():
   with pytest.raises(ValueError, match="floating point"):
     retrieval_metrics(np.zeros((6, 3), np.int64))
+
+
+# --- Reading host memory in place. ---
+
+@pytest.mark.parametrize("offset", [0, 1, 3, 5, 8, 15])
+def test_misaligned_host_buffer_read_in_place(offset, monkeypatch):
+  """Rows that start anywhere relative to the 64-byte alignment are read through aligned
+  windows of the caller's own memory (zero-copy) and give the reference metrics; only
+  edge blocks are copied."""
+  rng = np.random.default_rng(offset)
+  num_videos, k = 6, 7  # N_v * 4 bytes = 24: row starts cycle through the alignments.
+  storage = np.round(rng.standard_normal(num_videos * k * num_videos + 16), 1).astype(
+      np.float32)
+  sims = storage[offset:offset + num_videos * k * num_videos].reshape(num_videos * k,
+                                                                      num_videos)
+  mask = _random_mask(rng, num_videos, k)
+  shared = []
+  windows = chunking.host_row_windows
+
+  def spying(array, *args):
+    for item in windows(array, *args):
+      shared.append(np.shares_memory(item[2], storage))
+      yield item
+  monkeypatch.setattr(chunking, "host_row_windows", spying)
+  got = retrieval_metrics(sims, mask, query_chunk=4)
+  assert_metrics_equal(got, reference(sims, mask))
+  assert len(shared) == -(-num_videos * k // 4)
+  # Copied: at most the first block and the last two (a window reaches 64 bytes past its
+  # block's end, beyond the buffer there).
+  assert sum(shared) >= len(shared) - 3
+
+
+def test_encoded_counts_exact_at_every_width():
+  """One-sum (#greater, #equal) decoding is exact in the float32, int32 and two-sum regimes."""
+  rng = np.random.default_rng(0)
+  for n in (1, 7, 4095, 4096, 40000):
+    greater = rng.random((3, n)) < 0.3
+    equal = ~greater & (rng.random((3, n)) < 0.5)
+    equal[0] = ~greater[0]  # every entry counted: the largest code of this width
+    g, e = retrieval._encoded_counts(jnp.asarray(greater), jnp.asarray(equal), 1)
+    np.testing.assert_array_equal(np.asarray(g), greater.sum(1))
+    np.testing.assert_array_equal(np.asarray(e), equal.sum(1))

@@ -128,3 +128,17 @@ def test_errors():
     lshlib.fit_lsh(0, 8, 8, train_thresholds=True)
   with pytest.raises(UserError, match="expected"):
     lshlib.encode(_x(3, 7), lshlib.fit_lsh(0, 8, 8))
+
+
+@pytest.mark.parametrize("thresholds", [False, True])
+def test_encode_paths_and_chunking_agree(thresholds):
+  """The CPU path (BLAS projection + jitted packing), the all-jitted kernel and any chunking
+  give the same codes."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((50, 16)).astype(np.float32)
+  lsh = lshlib.fit_lsh(1, 16, 24, train_thresholds=thresholds, train_features=x)
+  want = lshlib.encode(x, lsh)
+  np.testing.assert_array_equal(want, lshlib.pack_codes(lshlib.encode_bits(x, lsh)))
+  np.testing.assert_array_equal(np.asarray(lshlib._encode_packed(x, lsh)), want)
+  for chunk in (1, 7, 50, 64):
+    np.testing.assert_array_equal(lshlib.encode(x, lsh, chunk_size=chunk), want)

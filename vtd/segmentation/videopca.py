@@ -33,6 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vtd.sharding import DATA_AXIS
+from vtd.segmentation import colour_codes
+
 # Matmuls that feed the PCA must not run in reduced precision (TF32 on GPU, bf16 passes on
 # TPU): the reconstruction error is a small residual of large, uncentred frames.
 _HIGHEST = lax.Precision.HIGHEST
@@ -296,16 +299,260 @@ def split_video(num_frames: int, max_frames: int) -> list[tuple[int, int]]:
 
 # ------------------------------------------------------------------------------------- kernel
 
+# Working-set sizes of the streamed stages, in elements of the compute dtype (2^21 = 8 MiB in
+# float32): the Gram matrix and the PCA coefficients are accumulated over pixel chunks of
+# T x Pc values, everything after the PCA runs over blocks of F frames (F x H x W x 3 values),
+# so the kernel's temporaries are O(these + T x T + k x P), not O(T x P). Larger blocks
+# measured no faster on CPU; much smaller ones pay per-iteration overhead.
+_PIXEL_CHUNK_ELEMENTS = 2**21
+_FRAME_BLOCK_ELEMENTS = 2**22
+# Videos of at most this many pixels (T x H x W) keep their error maps and colour bins
+# between passes (6 bytes per pixel); longer ones recompute them, block by block.
+_STORED_PIXELS = 2**23
+
+
+def _window(i: jax.Array, size: int, total: int) -> tuple[jax.Array, jax.Array]:
+  """Start of step i's window of `size` (clamped so it stays inside `total`) and the [size]
+  mask of the entries it covers for the first time (the last window may overlap)."""
+  start = jnp.minimum(i * size, total - size)
+  return start, start + jnp.arange(size) >= i * size
+
+
+class _Prepared(NamedTuple):
+  raw: jax.Array      # [T, P] the frames, uint8 or float, flattened (P = 3 H W).
+  valid: jax.Array    # [T] bool.
+  lo: jax.Array       # [T] per-frame min, in [0, 1] (compute dtype).
+  den: jax.Array      # [T] per-frame max + eps - min.
+  mean: jax.Array     # [T] per-frame mean of the normalised frame (step 2's scalar mean).
+  lo_int: jax.Array | None  # [T] int32 min / max of uint8 frames (exact colour bins), or None.
+  hi_int: jax.Array | None
+
+
+def _prepare(video: jax.Array, valid: jax.Array, cfg: VideoPCAConfig) -> _Prepared:
+  dtype = jnp.dtype(cfg.dtype)
+  t = video.shape[0]
+  raw = video.reshape(t, -1)
+  if raw.dtype == jnp.uint8:
+    lo_int, hi_int = raw.min(1).astype(jnp.int32), raw.max(1).astype(jnp.int32)
+    lo, hi = lo_int.astype(dtype) / 255, hi_int.astype(dtype) / 255
+    # (A float sum: XLA:CPU materialises an int32 copy of the frames for an integer one.)
+    total = jnp.sum(raw.astype(dtype), axis=1) / 255
+  else:
+    raw = raw.astype(dtype)
+    lo_int = hi_int = None
+    lo, hi, total = raw.min(1), raw.max(1), raw.sum(1)
+  den = hi + cfg.eps - lo
+  mean = (total / raw.shape[1] - lo) / den  # = mean of (x - lo) / den
+  exact = lo_int is not None and colour_codes.check_exact_bins_supported(cfg.eps,
+                                                                         cfg.hist_bins)
+  return _Prepared(raw, valid, lo, den, mean, lo_int if exact else None,
+                   hi_int if exact else None)
+
+
+def _centred(prep: _Prepared, rows: jax.Array, cols: jax.Array | None, raw: jax.Array,
+             dtype) -> jax.Array:
+  """Steps 1-2 on a slice of the frames: X_c = ni(frame) - m, 0 on padded frames (and on
+  `cols` False). `rows` indexes the slice's frames."""
+  x = (to_float_video(raw, dtype) - prep.lo[rows, None]) / prep.den[rows, None]
+  keep = prep.valid[rows, None] if cols is None else prep.valid[rows, None] & cols[None]
+  # `where`, so even NaN padding cannot leak into the PCA.
+  return jnp.where(keep, x - prep.mean[rows, None], 0)
+
+
+def _principal_directions(prep: _Prepared, cfg: VideoPCAConfig) -> tuple[jax.Array,
+                                                                         jax.Array]:
+  """Step 3: V_k [T, k] (top-k eigenvectors of the T x T Gram matrix) and the coefficients
+  V_k^T X_c [k, P], both accumulated over pixel chunks."""
+  dtype = jnp.dtype(cfg.dtype)
+  t, p = prep.raw.shape
+  every = jnp.arange(t)
+  chunk = min(p, max(1, _PIXEL_CHUNK_ELEMENTS // t))
+  steps = -(-p // chunk)
+
+  def centred_chunk(i):
+    start, fresh = _window(i, chunk, p)
+    raw = jax.lax.dynamic_slice_in_dim(prep.raw, start, chunk, axis=1)
+    return start, fresh, _centred(prep, every, fresh, raw, dtype)
+
+  # The Gram matrix is symmetric: for long videos only its upper blocks are multiplied
+  # (10 of 16 for 4 x 4 blocks, 62.5 % of the FLOPs of X_c X_c^T).
+  parts = min(4, max(1, t // 128))
+  bounds = np.linspace(0, t, parts + 1).round().astype(int)
+  pairs = [(a, b) for a in range(parts) for b in range(a, parts)]
+
+  def gram_step(i, blocks):
+    xc = centred_chunk(i)[2]
+    rows = [xc[bounds[a]:bounds[a + 1]] for a in range(parts)]
+    return tuple(acc + jnp.matmul(rows[a], rows[b].T, precision=_HIGHEST)
+                 for acc, (a, b) in zip(blocks, pairs))
+
+  blocks = jax.lax.fori_loop(
+      0, steps, gram_step,
+      tuple(jnp.zeros((bounds[a + 1] - bounds[a], bounds[b + 1] - bounds[b]), dtype)
+            for a, b in pairs))
+  upper = dict(zip(pairs, blocks))
+  gram = jnp.block([[upper[(a, b)] if a <= b else upper[(b, a)].T for b in range(parts)]
+                    for a in range(parts)])
+  _, vecs = jnp.linalg.eigh(gram)  # ascending eigenvalues
+  vk = vecs[:, t - cfg.num_directions:]
+  # A zero row of X_c (a padded or a constant, e.g. black, frame) is a zero row and column of
+  # the Gram matrix, so the exact eigenvectors of non-zero eigenvalues are 0 there. float32
+  # eigh leaves ~1e-8 instead, which becomes a non-zero error map for that frame, and the
+  # per-frame ni of step 5 blows it up to [0, 1]; float64 (MATLAB) keeps it ~1e-17, i.e. 0.
+  vk = jnp.where((jnp.diagonal(gram) > 0)[:, None], vk, 0)
+
+  def coeff_step(i, coeff):
+    start, fresh, xc = centred_chunk(i)
+    part = jnp.matmul(vk.T, xc, precision=_HIGHEST)
+    old = jax.lax.dynamic_slice_in_dim(coeff, start, chunk, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(coeff, jnp.where(fresh, part, old), start, 1)
+
+  coeff = jax.lax.fori_loop(0, steps, coeff_step,
+                            jnp.zeros((cfg.num_directions, p), dtype))
+  return vk, coeff
+
+
+def _frame_blocks(prep: _Prepared, init, step, block: int):
+  """Runs `step(carry, rows, fresh, raw_block) -> carry` over blocks of `block` frames."""
+  t = prep.raw.shape[0]
+
+  def body(i, carry):
+    start, fresh = _window(i, block, t)
+    rows = start + jnp.arange(block)
+    raw = jax.lax.dynamic_slice_in_dim(prep.raw, start, block, axis=0)
+    return step(carry, rows, fresh, raw)
+
+  return jax.lax.fori_loop(0, -(-t // block), body, init)
+
+
+def _videopca(video: jax.Array, frame_mask: jax.Array | None, cfg: VideoPCAConfig,
+              with_maps: bool) -> VideoPCAMaps:
+  """The algorithm (see `videopca`); `with_maps=False` keeps only the soft masks."""
+  dtype = jnp.dtype(cfg.dtype)
+  video = jnp.asarray(video)
+  if cfg.size is not None and tuple(video.shape[1:3]) != cfg.size:
+    video = resize_video(to_float_video(video, dtype), cfg.size, cfg.resize_method,
+                         cfg.resize_antialias)
+  t, h, w, _ = video.shape
+  valid = jnp.ones((t,), bool) if frame_mask is None else jnp.asarray(frame_mask, bool)
+  eps = cfg.eps
+  prep = _prepare(video, valid, cfg)
+  vk, coeff = _principal_directions(prep, cfg)
+  prior = jnp.asarray(centre_prior(h, w, cfg), dtype)
+  block = min(t, max(1, _FRAME_BLOCK_ELEMENTS // prep.raw.shape[1]))
+  nbins = int(np.prod(cfg.hist_bins))
+
+  def error_map(rows, raw):
+    # Step 4: ||X - X^|| over the colour channels, X - X^ = X_c - V_k (V_k^T X_c), the k
+    # terms written out so that the whole map is one fused elementwise pass.
+    xc = _centred(prep, rows, None, raw, dtype)
+    resid = xc - sum(vk[rows, j, None] * coeff[j] for j in range(cfg.num_directions))
+    return jnp.sqrt(jnp.sum(resid.reshape(block, h, w, 3) ** 2, axis=-1))
+
+  def compute_bins(rows, raw):
+    frames = raw.reshape(block, h, w, 3)
+    if prep.lo_int is not None:  # uint8: exact integer colour codes (colour_codes.py)
+      return colour_codes.colour_bins_uint8(frames, prep.lo_int[rows], prep.hi_int[rows],
+                                            cfg.hist_bins, cfg.bin_rounding, dtype)
+    x = (frames.astype(dtype) - prep.lo[rows, None, None, None]) / prep.den[
+        rows, None, None, None]
+    return colour_bins(x, cfg)
+
+  # 4. The error's min / max over all valid frames (one ni per video). A short video keeps
+  # its error maps and colour bins for the later passes; a long one recomputes them per block
+  # (memory O(output) instead of 2.5x that).
+  keep_maps = t * h * w <= _STORED_PIXELS
+  bin_dtype = jnp.int16 if nbins < 2**15 else jnp.int32
+
+  def first_pass(carry, rows, fresh, raw):
+    err = error_map(rows, raw)
+    keep = (prep.valid[rows] & fresh)[:, None, None]
+    out = {"lo": jnp.minimum(carry["lo"], jnp.where(keep, err, jnp.inf).min()),
+           "hi": jnp.maximum(carry["hi"], jnp.where(keep, err, -jnp.inf).max())}
+    if keep_maps:  # Overlapping last block: the rewritten rows get the same values.
+      out["err"] = jax.lax.dynamic_update_slice_in_dim(carry["err"], err, rows[0], 0)
+      out["bins"] = jax.lax.dynamic_update_slice_in_dim(
+          carry["bins"], compute_bins(rows, raw).astype(bin_dtype), rows[0], 0)
+    return out
+
+  init = {"lo": jnp.array(jnp.inf, dtype), "hi": jnp.array(-jnp.inf, dtype)}
+  if keep_maps:
+    init.update(err=jnp.zeros((t, h, w), dtype), bins=jnp.zeros((t, h, w), bin_dtype))
+  first = _frame_blocks(prep, init, first_pass, block)
+  # No valid frame at all (an all-padding video): keep everything finite.
+  err_lo = jnp.where(jnp.isfinite(first["lo"]), first["lo"], 0)
+  err_hi = jnp.where(jnp.isfinite(first["hi"]), first["hi"], 0)
+
+  def bins_of(rows, raw):
+    if keep_maps:
+      return jax.lax.dynamic_slice_in_dim(first["bins"], rows[0], block, 0).astype(jnp.int32)
+    return compute_bins(rows, raw)
+
+  def initial_foreground(rows, raw):
+    # 5. Initial binary foreground: blur, centre prior, double ni (as `getSeg.m`).
+    err = (jax.lax.dynamic_slice_in_dim(first["err"], rows[0], block, 0) if keep_maps
+           else error_map(rows, raw))
+    err = (err - err_lo) / (err_hi + eps - err_lo)
+    a = _ni(_blur(err, cfg) * prior, (1, 2), eps)
+    return err, (_ni(a, (1, 2), eps) > cfg.init_threshold) & prep.valid[rows, None, None]
+
+  # 6. Colour histograms pooled over all valid frames. One int32 scatter: bin + nbins * B, so
+  # counts stay exact beyond 2^24 pixels (float32 would not).
+  def histogram(counts, rows, fresh, raw):
+    _, init_fg = initial_foreground(rows, raw)
+    weight = jnp.broadcast_to((prep.valid[rows] & fresh)[:, None, None], init_fg.shape)
+    index = bins_of(rows, raw) + nbins * init_fg.astype(jnp.int32)
+    return counts.at[index.reshape(-1)].add(weight.astype(jnp.int32).reshape(-1))
+
+  counts = _frame_blocks(prep, jnp.zeros((2 * nbins,), jnp.int32), histogram, block)
+  bg, fg = counts[:nbins].astype(dtype), counts[nbins:].astype(dtype)
+  if cfg.bg_laplace:
+    bg = bg + 1
+  fg = fg / jnp.maximum(fg.sum(), 1)  # No foreground pixel at all: H_fg = 0, so S = 0.
+  bg = bg / jnp.maximum(bg.sum(), 1)
+  # 7. p(fg | colour) with equal priors, looked up per pixel.
+  den = fg + bg
+  table = jnp.where(den > 0, fg / jnp.where(den > 0, den, 1), 0)
+
+  # 8. Gate with the centre prior, but keep the un-weighted p(fg | colour) inside the gate.
+  def masks(maps, rows, fresh, raw):
+    valid3 = prep.valid[rows, None, None]
+    colour_prob = jnp.where(valid3, table[bins_of(rows, raw)], 0)
+    gate = hysteresis(_ni(colour_prob * prior, (1, 2), eps), cfg.hyst_high, cfg.hyst_low,
+                      cfg.connectivity) & valid3
+    new = {"soft_mask": jnp.where(valid3, _ni(colour_prob * gate, (1, 2), eps), 0)}
+    if with_maps:
+      err, init_fg = initial_foreground(rows, raw)
+      new.update(recon_error=jnp.where(valid3, err, 0), initial_fg=init_fg,
+                 colour_prob=colour_prob, gate=gate)
+    start = rows[0]
+    out = {}
+    for name, value in new.items():
+      old = jax.lax.dynamic_slice_in_dim(maps[name], start, block, axis=0)
+      value = jnp.where(fresh[:, None, None], value, old)
+      out[name] = jax.lax.dynamic_update_slice_in_dim(maps[name], value, start, 0)
+    return out
+
+  shapes = {"soft_mask": dtype}
+  if with_maps:
+    shapes.update(recon_error=dtype, initial_fg=bool, colour_prob=dtype, gate=bool)
+  maps = _frame_blocks(prep, {k: jnp.zeros((t, h, w), d) for k, d in shapes.items()}, masks,
+                       block)
+  return VideoPCAMaps(**{f: maps.get(f) for f in VideoPCAMaps._fields})
+
 
 def videopca(video: jax.Array, frame_mask: jax.Array | None = None,
              cfg: VideoPCAConfig = VideoPCAConfig()) -> VideoPCAMaps:
   """VideoPCA on one video: the soft masks and the intermediate maps.
 
-  Intermediate maps that the caller does not use cost nothing under `jit` (XLA drops them).
+  Memory: the [T, H, W] outputs plus O(T x T + k x 3HW) and fixed-size working blocks (see
+  `_PIXEL_CHUNK_ELEMENTS`); the frames are never held as a float copy. Use
+  `videopca_soft_masks` when only the masks are needed (the other maps then cost nothing).
 
   Args:
     video: [T, H, W, 3] RGB, uint8 or float in [0, 1]. Resized to `cfg.size` if that is set
-      and differs from (H, W).
+      and differs from (H, W). uint8 frames at the working size get exact integer colour
+      bins (`colour_codes.py`); BGR frames work but give a mirrored hue circle (see there).
     frame_mask: [T] bool, True for real frames (a variable-length video padded to T). Padded
       frames do not influence the valid ones and get 0 in every output. None: all valid.
       At least k = 3 valid frames are needed for a meaningful PCA.
@@ -314,74 +561,13 @@ def videopca(video: jax.Array, frame_mask: jax.Array | None = None,
   Returns:
     VideoPCAMaps, each [T, h, w] at the working resolution.
   """
-  dtype = jnp.dtype(cfg.dtype)
-  video = to_float_video(jnp.asarray(video), dtype)
-  if cfg.size is not None and tuple(video.shape[1:3]) != cfg.size:
-    video = resize_video(video, cfg.size, cfg.resize_method, cfg.resize_antialias)
-  t, h, w, _ = video.shape
-  valid = jnp.ones((t,), bool) if frame_mask is None else jnp.asarray(frame_mask, bool)
-  valid3 = valid[:, None, None]
-  eps = cfg.eps
-
-  # 1-2. Per-frame normalisation; per-frame scalar mean (not the mean frame).
-  frames = _ni(video, (1, 2, 3), eps)  # [T, H, W, 3]
-  x = frames.reshape(t, -1)            # Rows are frames: X^T, [T, P].
-  # Padded rows -> 0 (`where`, so even NaN padding cannot leak): they add zero rows and columns
-  # to the Gram matrix, so the top-k subspace of the valid frames is unchanged (§1.4).
-  xc = jnp.where(valid[:, None], x - x.mean(axis=1, keepdims=True), 0)
-
-  # 3. PCA via the T x T Gram matrix; eigh sorts eigenvalues ascending.
-  gram = jnp.matmul(xc, xc.T, precision=_HIGHEST)
-  _, vecs = jnp.linalg.eigh(gram)
-  vk = vecs[:, t - cfg.num_directions:]  # [T, k]
-  # A zero row of X_c (a padded or a constant, e.g. black, frame) is a zero row and column of
-  # the Gram matrix, so the exact eigenvectors of non-zero eigenvalues are 0 there. float32
-  # eigh leaves ~1e-8 instead, which becomes a non-zero error map for that frame, and the
-  # per-frame ni of step 5 blows it up to [0, 1]; float64 (MATLAB) keeps it ~1e-17, i.e. 0.
-  vk = jnp.where(jnp.any(xc != 0, axis=1, keepdims=True), vk, 0)
-  coeff = jnp.matmul(vk.T, xc, precision=_HIGHEST)  # [k, P]
-  # X - X^ = X_c - X_c V V^T: computed as a residual, never forming X^ (saves a P x T array).
-  resid = xc - jnp.matmul(vk, coeff, precision=_HIGHEST)
-
-  # 4. Euclidean error over the colour channels, normalised over the valid frames.
-  err = jnp.sqrt(jnp.sum(resid.reshape(t, h, w, 3) ** 2, axis=-1))
-  err = _ni(err, (0, 1, 2), eps, valid3)
-
-  # 5. Initial binary foreground: blur, centre prior, double ni (as `getSeg.m`).
-  prior = jnp.asarray(centre_prior(h, w, cfg), dtype)
-  a = _ni(_blur(err, cfg) * prior, (1, 2), eps)
-  init_fg = (_ni(a, (1, 2), eps) > cfg.init_threshold) & valid3
-
-  # 6. Colour histograms pooled over all valid frames. One int32 scatter: bin + nbins * B, so
-  # counts stay exact beyond 2^24 pixels (float32 would not).
-  nbins = int(np.prod(cfg.hist_bins))
-  bins = colour_bins(frames, cfg)
-  counts = jnp.zeros((2 * nbins,), jnp.int32).at[
-      (bins + nbins * init_fg.astype(jnp.int32)).reshape(-1)].add(
-          jnp.broadcast_to(valid3, bins.shape).astype(jnp.int32).reshape(-1))
-  bg, fg = counts[:nbins].astype(dtype), counts[nbins:].astype(dtype)
-  if cfg.bg_laplace:
-    bg = bg + 1
-  fg = fg / jnp.maximum(fg.sum(), 1)  # No foreground pixel at all: H_fg = 0, so S = 0.
-  bg = bg / jnp.maximum(bg.sum(), 1)
-
-  # 7. p(fg | colour) with equal priors, looked up per pixel.
-  den = fg + bg
-  table = jnp.where(den > 0, fg / jnp.where(den > 0, den, 1), 0)
-  colour_prob = jnp.where(valid3, table[bins], 0)
-
-  # 8. Gate with the centre prior, but keep the un-weighted p(fg | colour) inside the gate.
-  gate = hysteresis(_ni(colour_prob * prior, (1, 2), eps), cfg.hyst_high, cfg.hyst_low,
-                    cfg.connectivity) & valid3
-  soft = jnp.where(valid3, _ni(colour_prob * gate, (1, 2), eps), 0)
-  return VideoPCAMaps(soft_mask=soft, recon_error=jnp.where(valid3, err, 0),
-                      initial_fg=init_fg, colour_prob=colour_prob, gate=gate)
+  return _videopca(video, frame_mask, cfg, with_maps=True)
 
 
 def videopca_soft_masks(video: jax.Array, frame_mask: jax.Array | None = None,
                         cfg: VideoPCAConfig = VideoPCAConfig()) -> jax.Array:
   """[T, H, W, 3] video (+ [T] bool frame mask) -> [T, h, w] float soft masks in [0, 1]."""
-  return videopca(video, frame_mask, cfg).soft_mask
+  return _videopca(video, frame_mask, cfg, with_maps=False).soft_mask
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "with_maps"))
@@ -390,11 +576,14 @@ def videopca_batch(videos: jax.Array, frame_masks: jax.Array | None = None,
                    ) -> jax.Array | VideoPCAMaps:
   """Jitted VideoPCA over a batch: one independent PCA per video.
 
+  The videos are processed one after the other inside the kernel (`lax.map`), not vmapped: a
+  batch then costs the sum of its videos (a vmapped hysteresis loop would run every video
+  until the slowest converges) and needs the memory of one. Under a mesh with a `data` axis
+  that divides N, each device maps over its own shard (`shard_map`).
+
   Args:
     videos: [N, T, H, W, 3] uint8 or float in [0, 1]; may be sharded along N (e.g.
-      `sharding.shard_batch` on a `data` mesh): the kernel has no cross-video dependency and
-      no Python-side data-dependent control flow. (Under `vmap` the hysteresis loop runs
-      until every video of the global batch has converged; converged ones are unchanged.)
+      `sharding.shard_batch` on a `data` mesh).
     frame_masks: [N, T] bool (None: all frames valid).
     cfg: the constants (static: a new config compiles a new kernel).
     with_maps: return all VideoPCAMaps instead of the soft masks only.
@@ -404,5 +593,18 @@ def videopca_batch(videos: jax.Array, frame_masks: jax.Array | None = None,
   """
   if frame_masks is None:
     frame_masks = jnp.ones(videos.shape[:2], bool)
-  maps = jax.vmap(lambda v, m: videopca(v, m, cfg))(videos, frame_masks)
-  return maps if with_maps else maps.soft_mask
+
+  def one_by_one(v, m):
+    maps = jax.lax.map(lambda vm: _videopca(vm[0], vm[1], cfg, with_maps), (v, m))
+    return maps if with_maps else maps.soft_mask
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if (not mesh.empty and DATA_AXIS in mesh.axis_names and mesh.shape[DATA_AXIS] > 1
+      and videos.shape[0] % mesh.shape[DATA_AXIS] == 0):
+    spec = jax.sharding.PartitionSpec(DATA_AXIS)
+    # check_vma=False: the per-video loops start from replicated constants (zeros), which the
+    # varying-axes checker would otherwise ask to be cast; nothing crosses devices here.
+    return jax.shard_map(one_by_one, mesh=mesh, in_specs=(spec, spec), out_specs=spec,
+                         check_vma=False)(
+        videos, frame_masks)
+  return one_by_one(videos, frame_masks)

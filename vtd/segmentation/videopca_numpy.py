@@ -6,7 +6,9 @@ the columns of X [P, T]), with the obvious library calls and none of the JAX ker
 correlation, like `imfilter`), `np.bincount` histograms and `scipy.ndimage.label` connected
 components for the hysteresis (Kovesi's `hysthresh` = `bwselect` on {x > T2} at {x > T1}).
 It takes only the valid frames of a video: there is no padding here, so comparing it with the
-padded JAX kernel also checks the kernel's masking. `bench/videopca.py` times it.
+padded JAX kernel also checks the kernel's masking. `bench/videopca.py` times it. For uint8
+frames the colour bins follow `exact_colour_bins` (rounding ties decided exactly, as the
+kernel does); float frames use the float64 formulas.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from vtd.segmentation.colour_codes import check_exact_bins_supported
 from vtd.segmentation.videopca import VideoPCAConfig, centre_prior, fspecial_gaussian
 
 
@@ -60,6 +63,59 @@ def _round(x: np.ndarray, rounding: str) -> np.ndarray:
   if rounding == "half_away":
     return np.floor(x + 0.5)      # MATLAB round (x >= 0).
   return np.round(x + 1) - 1      # HPP: 1-based, half-to-even.
+
+
+def _round_exact(num: np.ndarray, den: np.ndarray, rounding: str) -> np.ndarray:
+  """round(num / den) of non-negative fractions in exact integer arithmetic."""
+  if rounding == "half_away":
+    return np.floor_divide(2 * num + den, 2 * den)
+  q, r = np.divmod(2 * (num + den), den)  # 2 (num / den + 1) = q + r / den
+  tie = (r == 0) & (q % 2 == 1)           # num / den + 1 = (q - 1) / 2 + 1/2
+  return np.where(tie, (q // 2) + (q // 2) % 2, np.floor_divide(q + 1, 2)) - 1
+
+
+def exact_colour_bins(video: np.ndarray, cfg: VideoPCAConfig) -> np.ndarray:
+  """[T, H, W, 3] uint8 RGB -> [T, H, W] bins of the normalised frames with every possible
+  rounding tie decided exactly (the definition `colour_codes.py` implements; see there).
+
+  Written from the definition, case by case: v = (M - L) / (H - L + 255 eps) against each
+  half-integer boundary k - 1/2 in integers; s = (M - m) / (M - L) and 12 h as fractions;
+  for the 12 h where cos or sin is 0, +-1/2, +-1 the bin coordinate is the exact fraction
+  (n - 1)(1 + s cos) / 2; everywhere else it is irrational and computed in float64.
+  """
+  nx, ny, nv = cfg.hist_bins
+  x = video.astype(np.int64)
+  lo = x.min(axis=(1, 2, 3))[:, None, None]
+  hi = x.max(axis=(1, 2, 3))[:, None, None]
+  big, small = x.max(axis=-1), x.min(axis=-1)
+  delta, v_den = big - small, big - lo
+  # qv: count the boundaries k - 1/2 (k = 1..nv-1) that v (nv - 1) exceeds; equality at a
+  # boundary means v (nv - 1) = k - 1/2 - (a multiple of eps): below it.
+  qv = np.zeros(delta.shape, np.int64)
+  for k in range(1, nv):
+    qv += (2 * k - 1) * (hi - lo) < 2 * (nv - 1) * v_den
+  r, g, b = x[..., 0], x[..., 1], x[..., 2]
+  num = np.where(b == big, 4 * delta + r - g, np.where(g == big, 2 * delta + b - r, g - b))
+  num = np.where(num < 0, num + 6 * delta, num)          # 6 h delta, in [0, 6 delta)
+  safe = np.maximum(delta, 1)
+  whole = (delta == 0) | ((2 * num) % safe == 0)         # 12 h is an integer
+  twelve_h = np.where(delta == 0, 0, (2 * num) // safe) % 12
+  s_num, s_den = np.where(v_den > 0, delta, 0), np.maximum(v_den, 1)
+  h = np.where(delta == 0, 0.0, num / (6.0 * safe))
+  s = s_num / s_den
+  angle = 30 * twelve_h                                   # degrees, when `whole`
+  out = []
+  for n, trig, degrees_to_twice in (
+      (nx, np.cos, {0: 2, 60: 1, 90: 0, 120: -1, 180: -2, 240: -1, 270: 0, 300: 1}),
+      (ny, np.sin, {0: 0, 30: 1, 90: 2, 150: 1, 180: 0, 210: -1, 270: -2, 330: -1})):
+    rational = whole & np.isin(angle, list(degrees_to_twice))
+    twice = np.zeros_like(angle)
+    for deg, val in degrees_to_twice.items():
+      twice[angle == deg] = val
+    exact = _round_exact((n - 1) * (2 * s_den + s_num * twice), 4 * s_den, cfg.bin_rounding)
+    approx = _round((s * trig(2 * np.pi * h) + 1) / 2 * (n - 1), cfg.bin_rounding)
+    out.append(np.clip(np.where(rational, exact, approx), 0, n - 1).astype(np.int64))
+  return out[0] + nx * out[1] + nx * ny * qv
 
 
 def videopca_numpy(video: np.ndarray, cfg: VideoPCAConfig = VideoPCAConfig(),
@@ -116,6 +172,9 @@ def videopca_numpy(video: np.ndarray, cfg: VideoPCAConfig = VideoPCAConfig(),
   qy = _round(hy * (ny - 1), cfg.bin_rounding).astype(np.int64)
   qv = _round(hsv[..., 2] * (nv - 1), cfg.bin_rounding).astype(np.int64)
   bins = qx + nx * qy + nx * ny * qv
+  if np.issubdtype(video.dtype, np.uint8) and check_exact_bins_supported(eps, cfg.hist_bins):
+    # uint8 frames: rounding ties decided exactly instead of by float64's rounding error.
+    bins = exact_colour_bins(video, cfg)
   nbins = nx * ny * nv
   h_fg = np.bincount(bins[init_fg], minlength=nbins).astype(dtype)
   h_bg = np.bincount(bins[~init_fg], minlength=nbins).astype(dtype)
