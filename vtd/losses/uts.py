@@ -27,15 +27,9 @@ import jax
 import jax.numpy as jnp
 
 from vtd.errors import UserError
+from vtd.layers import l2_normalize
 
 BAND_SCOPES = ("global", "per_device")
-_L2_EPS = 1e-12  # torch.nn.functional.normalize
-
-
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = _L2_EPS) -> jax.Array:
-  """x / max(||x||, eps) along `axis` (torch semantics), with a finite gradient at x = 0."""
-  sq = jnp.sum(x * x, axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
 
 
 def _check_pair(s: jax.Array, t: jax.Array) -> None:

@@ -65,10 +65,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vtd import layers
 from vtd.segmentation.videopca import rgb_to_hsv
 
-_BN_MOMENTUM = 0.99  # tf.layers.batch_normalization defaults (linen's epsilon is 1e-5).
-_BN_EPS = 1e-3
 _TRUNC_NORMAL = nn.initializers.truncated_normal(0.05)  # TF's sigma: of the untruncated normal.
 _GLOROT = nn.initializers.glorot_uniform()               # tf.layers.conv2d / dense default.
 _ZEROS = nn.initializers.zeros
@@ -124,7 +123,7 @@ def _upsample_to(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
 def _conv_bn_relu(x: jax.Array, features: int, train: bool, kernel: int = 3) -> jax.Array:
   """tf.layers.conv2d (bias, Glorot) -> batch_normalization(training=train) -> ReLU."""
   x = _conv(features, kernel)(x)
-  x = nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS)(x)
+  x = nn.BatchNorm(use_running_average=not train, momentum=layers.TF_BN_MOMENTUM, epsilon=layers.TF_BN_EPS)(x)
   return nn.relu(x)
 
 

@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1.
-_BN_EPS = 1e-5
-_L2_EPS = 1e-12  # torch.nn.functional.normalize
+from vtd.layers import l2_normalize, torch_batch_norm
+
 
 
 def _torch_uniform(fan_in: int):
@@ -46,18 +45,8 @@ class TorchDense(nn.Module):
     return x @ kernel + bias
 
 
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-  norm = jnp.linalg.norm(x, axis=axis, keepdims=True)
-  return x / jnp.maximum(norm, _L2_EPS)
-
-
 def mish(x: jax.Array) -> jax.Array:
   return x * jnp.tanh(jax.nn.softplus(x))
-
-
-def _batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
-                      name=name)
 
 
 class NetVLAD(nn.Module):
@@ -78,7 +67,7 @@ class NetVLAD(nn.Module):
     assign_w = self.param("clusters", init, (d, k + g))
     centres = self.param("clusters2", init, (d, k))
     logits = x.reshape(b * n, d) @ assign_w
-    logits = _batch_norm(train, "assignment_bn")(logits)
+    logits = torch_batch_norm(train, "assignment_bn")(logits)
     assign = jax.nn.softmax(logits, axis=-1)[:, :k].reshape(b, n, k)
     weighted = jnp.einsum("bnk,bnd->bdk", assign, x)
     vlad = weighted - assign.sum(axis=1)[:, None, :] * centres[None]
@@ -91,7 +80,7 @@ class ContextGating(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    gate = _batch_norm(train)(TorchDense(x.shape[-1])(x))
+    gate = torch_batch_norm(train)(TorchDense(x.shape[-1])(x))
     return x * jax.nn.sigmoid(gate)
 
 
@@ -109,8 +98,8 @@ class GatedEmbeddingUnitReasoning(nn.Module):
 
   @nn.compact
   def __call__(self, e: jax.Array, context: jax.Array, *, train: bool) -> jax.Array:
-    gate = (_batch_norm(train, "context_bn")(context) +
-            _batch_norm(train, "self_bn")(TorchDense(e.shape[-1])(e)))
+    gate = (torch_batch_norm(train, "context_bn")(context) +
+            torch_batch_norm(train, "self_bn")(TorchDense(e.shape[-1])(e)))
     return l2_normalize(e * jax.nn.sigmoid(gate))
 
 
@@ -125,7 +114,7 @@ class PairModule(nn.Module):
     act = mish if self.use_mish else jax.nn.relu
     for i in range(self.num_layers):
       if i > 0:
-        x = act(_batch_norm(train, f"bn{i}")(x))
+        x = act(torch_batch_norm(train, f"bn{i}")(x))
       x = TorchDense(self.features, name=f"linear{i}")(x)
     return x
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import zlib
 from typing import Any, Sequence
 
 import jax
@@ -23,6 +22,7 @@ from vtd import artifacts
 from vtd import config_lib
 from vtd import fingerprint
 from vtd import optim
+from vtd import seeds
 from vtd import stages
 from vtd import train as train_lib
 from vtd.teachtext.data import ce_features
@@ -74,7 +74,7 @@ def data_fingerprint(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def stage_seed(seed: int, group: str) -> int:
   """Independent, reproducible seed per stage group ('student' stages share one)."""
-  return (seed * 1_000_003 + zlib.crc32(group.encode())) % (2**31 - 1)
+  return seeds.derive_seed(seed, group)
 
 
 def num_steps(train_cfg: ml_collections.ConfigDict, num_videos: int) -> tuple[int, int]:

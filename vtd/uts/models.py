@@ -42,10 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vtd.errors import UserError
-from vtd.losses.uts import l2_normalize
+from vtd.layers import l2_normalize, torch_batch_norm
 
-_BN_MOMENTUM = 0.9  # PyTorch momentum 0.1.
-_BN_EPS = 1e-5
 # torchvision's ResNet / VGG conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _KAIMING_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 POOLS = ("gap", "rmac")
@@ -64,11 +62,6 @@ def _conv(features: int, kernel: int, stride: int = 1, *, name: str,
                  use_bias=use_bias, kernel_init=_KAIMING_OUT, name=name)
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
-                      name=name)
-
-
 # Module names mirror torchvision's state_dict names with "." -> "_" (`layer1_0/downsample_0`
 # is `layer1.0.downsample.0`), which is all `vtd/uts/weights.py` needs to map them.
 class Bottleneck(nn.Module):
@@ -79,11 +72,11 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     out = 4 * self.planes
-    y = nn.relu(_bn(train, "bn1")(_conv(self.planes, 1, name="conv1")(x)))
-    y = nn.relu(_bn(train, "bn2")(_conv(self.planes, 3, self.stride, name="conv2")(y)))
-    y = _bn(train, "bn3")(_conv(out, 1, name="conv3")(y))
+    y = nn.relu(torch_batch_norm(train, "bn1")(_conv(self.planes, 1, name="conv1")(x)))
+    y = nn.relu(torch_batch_norm(train, "bn2")(_conv(self.planes, 3, self.stride, name="conv2")(y)))
+    y = torch_batch_norm(train, "bn3")(_conv(out, 1, name="conv3")(y))
     if self.stride != 1 or x.shape[-1] != out:
-      x = _bn(train, "downsample_1")(_conv(out, 1, self.stride, name="downsample_0")(x))
+      x = torch_batch_norm(train, "downsample_1")(_conv(out, 1, self.stride, name="downsample_0")(x))
     return nn.relu(y + x)
 
 
@@ -99,7 +92,7 @@ class ResNet50(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    x = nn.relu(_bn(train, "bn1")(_conv(self.width, 7, 2, name="conv1")(images)))
+    x = nn.relu(torch_batch_norm(train, "bn1")(_conv(self.width, 7, 2, name="conv1")(images)))
     # Padded with -inf, like torch's MaxPool2d(3, 2, padding=1).
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, blocks in enumerate(self.stage_sizes):
@@ -145,8 +138,8 @@ class VGG16Student(nn.Module):
       index += 1
     k = self.head_kernel
     for i in (1, 2):
-      x = nn.relu(_bn(train, f"head_bn{i}")(_conv(self.head_width, k, name=f"head_conv{i}")(x)))
-    x = _bn(train, "head_bn3")(_conv(self.out_dim, k, name="head_conv3")(x))
+      x = nn.relu(torch_batch_norm(train, f"head_bn{i}")(_conv(self.head_width, k, name=f"head_conv{i}")(x)))
+    x = torch_batch_norm(train, "head_bn3")(_conv(self.out_dim, k, name="head_conv3")(x))
     if self.keep_pool5:
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     return x
