@@ -10,7 +10,7 @@ import pytest
 
 from configs import segmentation as seg_config
 from vtd import main as vtd_main
-from vtd.data import synthetic_video
+from vtd.segmentation.data import synthetic_video
 from vtd.errors import UserError
 from vtd.evaluators import segmentation as seg_metrics
 from vtd.segmentation import input_pipeline
