@@ -216,6 +216,9 @@ def load_data(config: ml_collections.ConfigDict) -> trainer.SegData:
   """The held-out sets the enabled evaluators score (loaded now, so a missing test set fails
   before any stage) and a reader of the training videos (used by the teacher stage only)."""
   splits = [e.split for e in evaluators_lib.from_config(config.evals).values()]
+  logging.info("segmentation: held-out sets %s of data.test_set=%s (the embedded videos are "
+               "generated on first use, then cached)...", "/".join(splits) or "none",
+               config.data.test_set)
   eval_sets = input_pipeline.load_eval_sets(config, splits)
   missing = sorted(set(splits) - set(eval_sets))
   if missing:
