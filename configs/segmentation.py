@@ -18,15 +18,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Which method vtd.main runs (vtd/segmentation/pipeline.py: the stage graph).
   config.method = "segmentation"
-  # Master seed (students and EvalSeg-Net derive theirs from it).
+  # Master seed: every network's is vtd.seeds.derive_seed(seed, <stage name>), e.g.
+  # "gen2/basic_unet" (the teacher and the embedded data do not depend on it).
   config.seed = 0
   # Teacher -> students -> (EvalSeg-Net -> students) ... : number of student generations.
   config.generations = 2
 
   config.data = ml_collections.ConfigDict()
-  # Training videos: '' = the embedded synthetic videos (vtd/segmentation/data/synthetic_video.py); a folder
-  # = every video file (mp4, avi, ...) and frame folder under it, read with OpenCV
-  # (vtd/segmentation/input_pipeline.py).
+  # Training videos: '' = the embedded synthetic videos
+  # (vtd/segmentation/data/synthetic_video.py); a folder = every video file (mp4, avi, ...)
+  # and frame folder under it, read with OpenCV (vtd/segmentation/input_pipeline.py).
   config.data.videos = ""
   # Real videos are resized to (H, W) on read (VideoPCA works at this size).
   config.data.video_size = (64, 80)
@@ -43,7 +44,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Comma-separated class folders of the test set ('' = the reader's defaults: Airplane100,
   # Car100, Horse100 / the 10 YouTube-Objects classes).
   config.data.test_classes = ""
-  # YouTube-Objects annotated frames: all | train | test (vtd/segmentation/data/youtube_objects.py).
+  # YouTube-Objects annotated frames: all | train | test
+  # (vtd/segmentation/data/youtube_objects.py).
   config.data.test_split = "all"
   # Where generated data are cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"

@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 
-from configs import segmentation as seg_config
 from vtd import main as vtd_main
 from vtd import results as results_lib
 from vtd.segmentation.data import synthetic_video
