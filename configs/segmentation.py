@@ -16,17 +16,18 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  # Which method vtd.main runs (vtd/segmentation/train.py).
+  # Which method vtd.main runs (vtd/segmentation/pipeline.py: the stage graph).
   config.method = "segmentation"
-  # Master seed (students and EvalSeg-Net derive theirs from it).
+  # Master seed: every network's is vtd.seeds.derive_seed(seed, <stage name>), e.g.
+  # "gen2/basic_unet" (the teacher and the embedded data do not depend on it).
   config.seed = 0
   # Teacher -> students -> (EvalSeg-Net -> students) ... : number of student generations.
   config.generations = 2
 
   config.data = ml_collections.ConfigDict()
-  # Training videos: '' = the embedded synthetic videos (vtd/data/synthetic_video.py); a folder
-  # = every video file (mp4, avi, ...) and frame folder under it, read with OpenCV
-  # (vtd/segmentation/input_pipeline.py).
+  # Training videos: '' = the embedded synthetic videos
+  # (vtd/segmentation/data/synthetic_video.py); a folder = every video file (mp4, avi, ...)
+  # and frame folder under it, read with OpenCV (vtd/segmentation/input_pipeline.py).
   config.data.videos = ""
   # Real videos are resized to (H, W) on read (VideoPCA works at this size).
   config.data.video_size = (64, 80)
@@ -43,12 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Comma-separated class folders of the test set ('' = the reader's defaults: Airplane100,
   # Car100, Horse100 / the 10 YouTube-Objects classes).
   config.data.test_classes = ""
-  # YouTube-Objects annotated frames: all | train | test (vtd/data/youtube_objects.py).
+  # YouTube-Objects annotated frames: all | train | test
+  # (vtd/segmentation/data/youtube_objects.py).
   config.data.test_split = "all"
-  # Held-out splits of the synthetic data that are scored: val (held-out videos on which every
-  # default not fixed by the papers was chosen) and test (the reported numbers; never used to
-  # choose anything). A real test set (test_set above) has no val split.
-  config.data.eval_splits = "val,test"
   # Where generated data are cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"
   # Working size S of the students (square); frames and masks are resized to it.
@@ -56,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Frames are stored at round(S * augment_scale) and randomly cropped to S (the public code:
   # resize 256 -> 310, crop 256, i.e. 1.21; not from the paper).
   config.data.augment_scale = 1.21
-  # Generator parameters (vtd/data/synthetic_video.py documents the model).
+  # Generator parameters (vtd/segmentation/data/synthetic_video.py documents the model).
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0,  # Dataset seed (fixed across training seeds).
       num_train_videos=96,  # Unlabelled training videos.
@@ -165,23 +163,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Ranking scope of top_fraction: global | per_video (not in the papers).
   config.evalseg.scope = "global"
 
-  # Generic loop (vtd/train.py): unsupervised, so no validation; the last step is kept.
-  config.train = common.training_loop(batch_size=16, num_epochs=1)
+  # Generic loop (vtd/train.py) of every network: unsupervised, so no validation during
+  # training and the last step is kept. Batch sizes and step counts are per network
+  # (student_training, evalseg).
+  config.train = common.training_loop(batch_size=0, num_epochs=0)
+  for unused in ("batch_size", "num_epochs", "num_steps", "eval_every_steps"):
+    del config.train[unused]
   config.train.log_every_steps = 100
   config.train.checkpoint_every_steps = 200
   # Students: Adam lr 1e-3, no weight decay, no schedule (public code).
   config.optim = common.optimizer("adam", lr=1e-3, weight_decay=0.0)
   config.optim.schedule = "constant"
 
-  config.eval = ml_collections.ConfigDict()
-  # Soft mask -> binary for P/J: min-max to [0, 1], then > bin_threshold (§8 #16).
-  config.eval.bin_threshold = 0.5
-  # Box from mask for CorLoc: largest_cc | all_fg (§8 #17).
-  config.eval.box_rule = "largest_cc"
-  # Refine each binary mask with OpenCV GrabCut before P/J/CorLoc (§5.3; off in the tables).
-  config.eval.grabcut = False
-  # Test images in the PNG overlays written to <workdir>/overlays.
-  config.eval.overlay_images = 6
+  # Evaluators (vtd/evaluators/segmentation.py, type "segmentation"): P, J (where the set has
+  # masks) and CorLoc (where it has boxes) of the teacher, every student and Multi-Net on a
+  # held-out split. Fields: split = val (held-out synthetic videos on which every default not
+  # fixed by the papers was chosen) | test (the reported numbers; never used to choose
+  # anything; a real test set, data.test_set, is "test" and has no val); bin_threshold: soft
+  # mask -> binary by per-image min-max to [0, 1], then > bin_threshold (§8 #16); box_rule:
+  # box from mask for CorLoc, largest_cc | all_fg (§8 #17); grabcut: refine each binary mask
+  # with OpenCV GrabCut first (§5.3; off in the tables); enabled=False skips the evaluator.
+  # Nothing is selected on them: changing them only re-evaluates.
+  config.evals = ml_collections.ConfigDict()
+  config.evals.val = dict(type="segmentation", split="val", bin_threshold=0.5,
+                          box_rule="largest_cc", grabcut=False)
+  config.evals.test = dict(type="segmentation", split="test", bin_threshold=0.5,
+                           box_rule="largest_cc", grabcut=False)
+
+  config.overlays = ml_collections.ConfigDict()
+  # Held-out images (rows) of the PNG overlays written to <workdir>/overlays (one row per
+  # video first); their binary outlines use the split's evaluator bin_threshold.
+  config.overlays.num_images = 6
 
   config.distributed = common.distributed()
   config.runtime = common.runtime()

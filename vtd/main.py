@@ -39,7 +39,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
                                           lock_config=True)
 
 # config.method -> module with train_and_evaluate(config, workdir).
-METHODS = {"teachtext": "vtd.teachtext.pipeline", "segmentation": "vtd.segmentation.train",
+METHODS = {"teachtext": "vtd.teachtext.pipeline", "segmentation": "vtd.segmentation.pipeline",
            "uts": "vtd.uts.train"}
 USER_ERROR_EXIT = 2
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -11,7 +11,7 @@ import pytest
 from vtd.data import cache
 from vtd.data import synthetic_fivr as sf
 from vtd.teachtext.data import synthetic_retrieval as sr
-from vtd.data import synthetic_video as sv
+from vtd.segmentation.data import synthetic_video as sv
 from vtd.errors import UserError
 
 ARRAYS = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "names": np.asarray(["x", "yz"]),

@@ -19,10 +19,10 @@ import scipy.io
 from tests.data import fuzzing
 from vtd.teachtext.data import ce_features
 from vtd.data import fivr
-from vtd.data import object_discovery as od
+from vtd.segmentation.data import object_discovery as od
 from vtd.teachtext.data import retrieval
 from vtd.data import video_io
-from vtd.data import youtube_objects as yto
+from vtd.segmentation.data import youtube_objects as yto
 
 VIDS = ["v0", "v1", "v2"]
 

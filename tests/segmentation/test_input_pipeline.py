@@ -1,6 +1,7 @@
 """Segmentation on real-format inputs: video files and frame folders for training, Object
 Discovery / YouTube-Objects style test sets, written by the tests."""
 
+import dataclasses
 import json
 import os
 
@@ -8,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from configs import segmentation as seg_config
 from vtd import main as vtd_main
-from vtd.data import synthetic_video
+from vtd import results as results_lib
+from vtd.segmentation.data import synthetic_video
 from vtd.errors import UserError
 from vtd.evaluators import segmentation as seg_metrics
 from vtd.segmentation import input_pipeline
-from vtd.segmentation import train as seg_train
+from vtd.segmentation import evaluate as seg_eval
 from tests.segmentation.test_pipeline import tiny_config
 
 
@@ -144,20 +145,28 @@ def test_metrics_per_image_sizes_and_class_means():
   classes = ["a", "a", "a", "b"]  # Class means differ from image means.
   test = input_pipeline.TestSet(name="t", images=images, masks=gts, boxes=boxes,
                                 class_names=classes, average="classes")
-  eval_cfg = seg_config.get_config("smoke").eval
-  got = seg_train.test_metrics(np.stack(masks), test, eval_cfg)
+  evaluator = seg_metrics.Evaluator(split="test")
+  model = seg_eval.Recorded({"test": np.stack(masks)})
+  got = evaluator.run(model, {"test": test}).metrics
   want = _brute_force_metrics(masks, images, gts, boxes, classes)
   for k in ("P", "J", "CorLoc"):
     np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
-  eval_cfg.grabcut = True  # GrabCut refines each mask at its image's size.
+  # GrabCut refines each mask at its image's size.
   refined = [seg_metrics.grabcut_refine(
       image, cv2.resize(m, image.shape[1::-1], interpolation=cv2.INTER_LINEAR))
       for m, image in zip(masks, images)]
   want_j = seg_metrics.object_discovery_scores(refined, gts, classes)["mean/J"]
-  np.testing.assert_allclose(seg_train.test_metrics(np.stack(masks), test, eval_cfg)["J"], want_j)
-  eval_cfg.grabcut = False
+  grabcut = seg_metrics.Evaluator(split="test", grabcut=True)
+  np.testing.assert_allclose(grabcut.run(model, {"test": test}).metrics["J"], want_j)
   test.masks = None  # A boxes-only set (YouTube-Objects) reports CorLoc only.
-  assert set(seg_train.test_metrics(np.stack(masks), test, eval_cfg)) == {"CorLoc"}
+  assert set(evaluator.run(model, {"test": test}).metrics) == {"CorLoc"}
+  # A model that cannot segment the set (VideoPCA on single images) gives no metrics; a split
+  # the data do not have is an error.
+  assert seg_metrics.Evaluator(split="val").run(
+      model, {"val": dataclasses.replace(test, split="val")}).metrics == {}
+  with pytest.raises(UserError, match="the data have no held-out 'val' split with ground "
+                                      "truth \\(have: test\\)"):
+    seg_metrics.Evaluator(split="val").run(model, {"test": test})
 
 
 @pytest.mark.slow
@@ -168,16 +177,18 @@ def test_pipeline_on_video_files_with_object_discovery_test(tmp_path, real_input
   config.students.names = "lowres_net"
   workdir = tmp_path / "run"
   results = vtd_main.run(config, str(workdir))
-  teacher = results["videopca_teacher"]
-  assert "test" not in teacher  # Object Discovery has single images: no teacher row.
+  teacher = results["teacher"]
+  assert teacher["evals"]["test"] == {}  # Object Discovery has single images: no teacher row.
   assert teacher["train_data"]["videos"] == 4 and teacher["train_data"]["skipped"] == 1
-  assert teacher["selection"]["all"] == {}  # Real videos: no ground truth to report.
+  assert results["gen1/selection"]["selection"]["all"] == {}  # No ground truth to report.
   for name in ("gen1/lowres_net", "gen1/multinet"):
-    assert set(results[name]["test"]) == {"P", "J"}
+    assert set(results[name]["evals"]["test"]) == {"P", "J"}
   with open(workdir / "results.json") as f:
-    assert json.load(f)["videopca_teacher"]["train_data"]["skipped_files"][0].endswith(
-        "broken.mp4")
-  assert "| gen1/lowres_net |" in seg_train.format_results(results, str(workdir))
+    on_disk = json.load(f)
+  assert on_disk["stages"]["teacher"]["train_data"]["skipped_files"][0].endswith("broken.mp4")
+  assert sorted(on_disk["evaluators"]) == ["test"]  # A real test set has no val split.
+  assert results["overlays"]["overlays"] == ["overlays/test_gen1.png"]
+  assert "| gen1/lowres_net |" in results_lib.format_table(on_disk, "test")
 
 
 def test_summary_records_videos_that_decode_short(tmp_path, real_inputs):

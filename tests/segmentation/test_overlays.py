@@ -15,7 +15,7 @@ def _inputs(n=3, s=32):
   faint = full * 0.05  # A near-empty mask: must stay dark, not become a full one.
   gt = np.zeros((n, 40, 50), bool)  # Ground truth at another (original) size.
   gt[:, 10:30, 10:40] = True
-  return images, {"videopca_teacher": full, "gen1/dilate_unet": faint}, gt
+  return images, {"teacher": full, "gen1/dilate_unet": faint}, gt
 
 
 def test_layout_and_own_scale():

@@ -81,8 +81,12 @@ def test_choose_threshold_and_top_fraction():
   scores = np.array([0.5, 0.9, 0.85, 0.1, 0.8])
   np.testing.assert_array_equal(selection.choose(scores, "threshold", 0.8, 0.1, 1), [1, 2, 4])
   np.testing.assert_array_equal(selection.choose(scores, "top_fraction", 0.8, 0.4, 1), [1, 2])
-  with pytest.raises(UserError, match="kept 0 masks"):
+  with pytest.raises(UserError, match=r"kept 0 masks \(< 2, one batch\) with "
+                                      r"selection=threshold \(threshold 0.95\); lower"):
     selection.choose(scores, "threshold", 0.95, 0.1, 2)
+  with pytest.raises(UserError, match="kept 1 masks .* selection=top_fraction; raise "
+                                      "config.evalseg.keep_fraction"):
+    selection.choose(scores, "top_fraction", 0.8, 0.2, 3)
   with pytest.raises(UserError, match="selection"):
     selection.choose(scores, "best", 0.8, 0.1, 1)
 

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from vtd.errors import UserError
+from vtd.evaluators import common
 
 MaskBatch = np.ndarray | Sequence[np.ndarray]
 
@@ -405,3 +406,87 @@ def grabcut_refine(image_uint8: np.ndarray, soft_mask: np.ndarray, threshold: fl
   seeds, _, _ = cv2.grabCut(np.ascontiguousarray(image), seeds, None, bgd_model, fgd_model,
                             iterations, cv2.GC_INIT_WITH_MASK)
   return (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+
+
+# ----------------------------------------------------------------------------- evaluator
+
+COLUMNS = ("P", "J", "CorLoc")
+BOX_RULES = ("largest_cc", "all_fg")
+
+
+def _resize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+  """A soft mask [h, w] -> float32 [H, W] (bilinear), as the students' targets are resized."""
+  if mask.shape == tuple(hw):
+    return mask.astype(np.float32)
+  return cv2.resize(mask.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def score_masks(masks: np.ndarray, test, *, bin_threshold: float = 0.5,
+                box_rule: str = "largest_cc", grabcut: bool = False) -> dict[str, float]:
+  """P, J and CorLoc (percent) of soft masks [N, s, s] on a held-out set.
+
+  Each mask is resized to its image's original size (the protocols never resize the ground
+  truth), min–max normalised and thresholded at `bin_threshold` (or refined with GrabCut).
+  P and J where the set has masks (Object Discovery protocol), CorLoc where it has boxes
+  (YouTube-Objects); per image, or per class then over classes (`test.average`).
+
+  Args:
+    masks: [N, s, s] soft masks, any scale (min–max per image before thresholding).
+    test: has `images` (N [H_i, W_i, 3] uint8), `masks` (N bool [H_i, W_i] or None), `boxes`
+      (N [K_i, 4] or None), `class_names` (N) and `average` ("images" | "classes"), e.g.
+      `vtd.segmentation.input_pipeline.TestSet`.
+  """
+  binary = []
+  for mask, image in zip(masks, test.images):
+    soft = _resize(np.asarray(mask), image.shape[:2])
+    if grabcut:
+      binary.append(grabcut_refine(image, soft, threshold=bin_threshold))
+    else:
+      binary.append(binarize(soft, bin_threshold, normalize=True))
+  by_class = test.average == "classes"
+  out = {}
+  if test.masks is not None:
+    if by_class:
+      scores = object_discovery_scores(binary, test.masks, test.class_names)
+      out.update(P=scores["mean/P"], J=scores["mean/J"])
+    else:
+      out.update(P=100 * pixel_accuracy(binary, test.masks), J=100 * jaccard(binary, test.masks))
+  if test.boxes is not None:
+    boxes = masks_to_boxes(binary, rule=box_rule)
+    out["CorLoc"] = (corloc_by_class(boxes, test.boxes, test.class_names)["mean"]
+                     if by_class else 100 * corloc(boxes, test.boxes))
+  return out
+
+
+class Evaluator:
+  """P, J and CorLoc (percent) of a model's soft masks on one held-out split.
+
+  model: has `masks(test) -> [N, s, s] soft masks`, or None when it cannot segment that set
+    (the VideoPCA teacher needs the source videos of the images); e.g. the predictors of
+    `vtd.segmentation.evaluate`.
+  context: {split name: test set} (`vtd.segmentation.input_pipeline.TestSet`); a split the
+    data do not have (a real test set has no "val") is a UserError.
+  Info: the set's name and image count.
+  """
+
+  def __init__(self, split: str = "test", bin_threshold: float = 0.5,
+               box_rule: str = "largest_cc", grabcut: bool = False):
+    if box_rule not in BOX_RULES:
+      raise TypeError(f"box_rule must be one of {BOX_RULES}, got {box_rule!r}")
+    self.split, self.bin_threshold = split, float(bin_threshold)
+    self.box_rule, self.grabcut = box_rule, bool(grabcut)
+    self.columns = COLUMNS
+    self.headers = COLUMNS
+
+  def run(self, model, context):
+    test = context.get(self.split)
+    if test is None:
+      raise UserError(f"the data have no held-out {self.split!r} split with ground truth "
+                      f"(have: {', '.join(context) or 'none'}); evaluate another split")
+    masks = model.masks(test)
+    if masks is None:
+      return common.EvalResult(metrics={})
+    return common.EvalResult(
+        metrics=score_masks(masks, test, bin_threshold=self.bin_threshold,
+                            box_rule=self.box_rule, grabcut=self.grabcut),
+        info={"set": test.name, "images": len(test)})

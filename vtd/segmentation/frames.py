@@ -38,15 +38,14 @@ class FrameTable:
   def __len__(self) -> int:
     return int(self.images.shape[0])
 
-  def save(self, path: str) -> None:
+  def save(self, path) -> None:
     arrays = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
               if getattr(self, f.name) is not None}
     artifacts.save_npz_atomic(path, **arrays)
 
   @classmethod
-  def load(cls, path: str) -> "FrameTable":
-    with np.load(path) as z:
-      return cls(**{k: z[k] for k in z.files})
+  def load(cls, path) -> "FrameTable":
+    return cls(**artifacts.load_npz(path))
 
 
 def resize_images(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:

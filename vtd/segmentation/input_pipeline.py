@@ -1,8 +1,8 @@
 """Data of a segmentation run: unlabelled training videos and an optional labelled test set.
 
 Training videos (`config.data.videos`):
-  ''      the embedded synthetic videos (vtd/data/synthetic_video.py), with ground truth that is
-          used only to *report* selection quality.
+  ''      the embedded synthetic videos (vtd/segmentation/data/synthetic_video.py), with ground
+          truth that is used only to *report* selection quality.
   <dir>   every video file and frame folder under <dir> (`video_io.scan_videos`), resized to
           `config.data.video_size` on read. Unreadable videos are skipped with a warning and
           counted (`config.data.on_unreadable=raise` stops instead); no ground truth. Files
@@ -11,8 +11,8 @@ Training videos (`config.data.videos`):
 
 Test set (`config.data.test_set`), only for the reported metrics:
   auto              synthetic with synthetic training videos, none with real ones
-  synthetic         the embedded held-out synthetic videos: P, J, CorLoc on the splits named by
-                    `config.data.eval_splits` ("val" to choose defaults, "test" to report);
+  synthetic         the embedded held-out synthetic videos: P, J, CorLoc on the splits of
+                    `config.evals` ("val" to choose defaults, "test" to report);
                     the VideoPCA teacher is scored too (it needs the source videos)
   object_discovery  Object Discovery (`config.data.test_root`): P and J, averaged per class
                     then over classes (Table 1); single images, so no teacher row
@@ -24,18 +24,22 @@ Test set (`config.data.test_set`), only for the reported metrics:
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import ml_collections
 import numpy as np
 from absl import logging
 
-from vtd.data import object_discovery
-from vtd.data import synthetic_video
+from vtd import config_lib
+from vtd import fingerprint
 from vtd.data import video_io
-from vtd.data import youtube_objects
 from vtd.errors import UserError
+from vtd.segmentation.data import object_discovery
+from vtd.segmentation.data import synthetic_video
+from vtd.segmentation.data import youtube_objects
 
 TEST_SETS = ("auto", "synthetic", "object_discovery", "youtube_objects", "none")
+HELD_OUT_SPLITS = synthetic_video.HELD_OUT_SPLITS  # ("val", "test")
 
 
 @dataclasses.dataclass
@@ -80,6 +84,7 @@ class TestSet:
       Object Discovery / YouTube-Objects tables).
     videos, video_index, frame_index: the videos the images were taken from, for the
       VideoPCA teacher (synthetic only), else None.
+    split: the held-out split it is ("val" | "test"; a real test set is "test").
   """
   name: str
   images: list[np.ndarray]
@@ -90,6 +95,7 @@ class TestSet:
   videos: list[np.ndarray] | None = None
   video_index: np.ndarray | None = None
   frame_index: np.ndarray | None = None
+  split: str = "test"
 
   def __len__(self) -> int:
     return len(self.images)
@@ -129,8 +135,7 @@ def load_train_videos(config: ml_collections.ConfigDict) -> TrainVideos:
 
 
 def _classes(config: ml_collections.ConfigDict, default: tuple[str, ...]) -> tuple[str, ...]:
-  names = tuple(c.strip() for c in config.data.test_classes.split(",") if c.strip())
-  return names or default
+  return tuple(config_lib.parse_list(config.data.test_classes)) or default
 
 
 def _synthetic_split(data: synthetic_video.SyntheticVideoDataset, split: str) -> TestSet:
@@ -138,36 +143,29 @@ def _synthetic_split(data: synthetic_video.SyntheticVideoDataset, split: str) ->
   return TestSet(name=f"synthetic/{split}", images=list(images.images), masks=list(images.masks),
                  boxes=images.gt_boxes(), class_names=list(images.class_names),
                  average="images", videos=[v.frames for v in videos],
-                 video_index=images.video_index, frame_index=images.frame_index)
+                 video_index=images.video_index, frame_index=images.frame_index, split=split)
 
 
-def eval_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """`config.data.eval_splits` as a tuple; a name other than val / test is a UserError."""
-  names = tuple(s.strip() for s in config.data.eval_splits.split(",") if s.strip())
-  bad = [s for s in names if s not in synthetic_video.HELD_OUT_SPLITS]
-  if bad or len(set(names)) != len(names):
-    raise UserError(f"config.data.eval_splits={config.data.eval_splits!r}: give distinct names "
-                    f"of {synthetic_video.HELD_OUT_SPLITS}, comma-separated")
-  return names
+def load_eval_sets(config: ml_collections.ConfigDict, splits: Sequence[str] = ("val", "test")
+                   ) -> dict[str, TestSet]:
+  """The held-out image sets of `splits` ("val", "test") that the data have, by split name.
 
-
-def load_eval_sets(config: ml_collections.ConfigDict) -> dict[str, TestSet]:
-  """The held-out image sets scored by the run, by split name ("val", "test").
-
-  The synthetic data have both (`config.data.eval_splits` says which are scored; choosing
-  defaults looks at "val" only); a real test set (`config.data.test_set`) is "test" and has no
-  validation split; "none" scores nothing.
+  The synthetic data have both ("val" to choose defaults, "test" to report); a real test set
+  (`config.data.test_set`) is "test" and has no validation split; "none" has neither. The
+  splits come from the evaluators (`config.evals.<name>.split`).
   """
-  kind = config.data.test_set
-  if kind not in TEST_SETS:
-    raise UserError(f"config.data.test_set must be one of {TEST_SETS}, got {kind!r}")
-  if kind == "auto":
-    kind = "none" if config.data.videos else "synthetic"
-  if kind == "none":
+  bad = [s for s in splits if s not in HELD_OUT_SPLITS]
+  if bad:
+    raise UserError(f"held-out split(s) {bad} of config.evals are not one of "
+                    f"{HELD_OUT_SPLITS}; fix config.evals.<name>.split")
+  kind = test_set_kind(config)
+  if kind == "none" or not splits:
     return {}
   if kind == "synthetic":
     data = _synthetic(config)
-    return {split: _synthetic_split(data, split) for split in eval_splits(config)}
+    return {split: _synthetic_split(data, split) for split in dict.fromkeys(splits)}
+  if "test" not in splits:
+    return {}
   if not config.data.test_root:
     raise UserError(f"config.data.test_set={kind} needs config.data.test_root")
   if kind == "object_discovery":
@@ -188,6 +186,27 @@ def load_eval_sets(config: ml_collections.ConfigDict) -> dict[str, TestSet]:
                           class_names=[x.class_name for x in frames], average="classes")}
 
 
+def test_set_kind(config: ml_collections.ConfigDict) -> str:
+  """`config.data.test_set` with "auto" resolved (synthetic | object_discovery |
+  youtube_objects | none)."""
+  kind = config.data.test_set
+  if kind not in TEST_SETS:
+    raise UserError(f"config.data.test_set must be one of {', '.join(TEST_SETS)}, got {kind!r}")
+  if kind == "auto":
+    kind = "none" if config.data.videos else "synthetic"
+  return kind
+
+
+def data_fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """What the training videos are, for stage provenance: the generator's identity (spec +
+  version) for the embedded videos, file fingerprints (sizes, mtimes, small-file hashes) for
+  a folder of real videos."""
+  if not config.data.videos:
+    spec = synthetic_video.SyntheticVideoSpec(**config.data.synthetic.to_dict())
+    return {"generator": "synthetic_video", "key": spec.cache_key()}
+  return {"files": fingerprint.paths_fingerprint([config.data.videos])}
+
+
 def load_test_set(config: ml_collections.ConfigDict) -> TestSet | None:
   """The "test" set of `load_eval_sets`, or None when the run scores none."""
-  return load_eval_sets(config).get("test")
+  return load_eval_sets(config, ("test",)).get("test")

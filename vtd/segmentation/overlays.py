@@ -10,14 +10,14 @@ tile shows the true mask the same way. A footer says so.
 
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
 
+from vtd import artifacts
+
 DISPLAY_NAMES = {"lowres_net": "LowRes-Net", "fconv": "FConv", "basic_unet": "BasicU-Net",
                  "dilate_unet": "DilateU-Net", "dense_unet": "DenseU-Net",
-                 "multinet": "Multi-Net", "videopca_teacher": "VideoPCA"}
+                 "multinet": "Multi-Net", "teacher": "VideoPCA"}
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _WHITE, _YELLOW, _GREY = (255, 255, 255), (255, 230, 0), (170, 170, 170)
 
@@ -31,11 +31,11 @@ def pick_rows(video_index: np.ndarray, count: int) -> np.ndarray:
 
 
 def _title(name: str) -> tuple[str, str]:
-  """"gen2/dilate_unet" -> ("gen 2", "DilateU-Net"); "videopca_teacher" -> ("teacher", ...)."""
+  """"gen2/dilate_unet" -> ("gen 2", "DilateU-Net"); "teacher" -> ("teacher", "VideoPCA")."""
   if "/" in name:
     gen, model = name.split("/", 1)
     return gen.replace("gen", "gen "), DISPLAY_NAMES.get(model, model)
-  return {"videopca_teacher": "teacher"}.get(name, ""), DISPLAY_NAMES.get(name, name)
+  return {"teacher": "teacher"}.get(name, ""), DISPLAY_NAMES.get(name, name)
 
 
 def _text(img: np.ndarray, text: str, xy: tuple[int, int], scale: float, colour,
@@ -104,7 +104,10 @@ def render(images: np.ndarray, columns: dict[str, np.ndarray], *,
   return np.concatenate([header, grid, footer])
 
 
-def write(path: str, images: np.ndarray, columns: dict[str, np.ndarray], **kwargs) -> None:
-  """`render` to a PNG at `path` (directories created)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  cv2.imwrite(path, cv2.cvtColor(render(images, columns, **kwargs), cv2.COLOR_RGB2BGR))
+def write(path, images: np.ndarray, columns: dict[str, np.ndarray], **kwargs) -> None:
+  """`render` to a PNG at `path` (a local path or URI; written atomically)."""
+  ok, png = cv2.imencode(".png", cv2.cvtColor(render(images, columns, **kwargs),
+                                              cv2.COLOR_RGB2BGR))
+  if not ok:
+    raise ValueError(f"OpenCV could not encode the overlay {path}")
+  artifacts.write_atomic(path, lambda f: f.write(png.tobytes()))

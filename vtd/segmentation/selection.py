@@ -219,9 +219,11 @@ def choose(scores: np.ndarray, rule: str, threshold: float, keep_fraction: float
   else:
     raise UserError(f"config.evalseg.selection must be one of {SELECTIONS}, got {rule!r}")
   if chosen.size < minimum:
+    fix = ("lower config.evalseg.threshold or use --config.evalseg.selection=top_fraction"
+           if rule == "threshold" else "raise config.evalseg.keep_fraction")
     raise UserError(f"EvalSeg-Net kept {chosen.size} masks (< {minimum}, one batch) with "
-                    f"selection={rule} (threshold {threshold}); lower config.evalseg.threshold "
-                    "or use --config.evalseg.selection=top_fraction")
+                    f"selection={rule}" + (f" (threshold {threshold})" if rule == "threshold"
+                                          else "") + f"; {fix}")
   return chosen
 
 

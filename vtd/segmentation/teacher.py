@@ -56,38 +56,35 @@ def soft_masks(videos: list[np.ndarray], vcfg: videopca.VideoPCAConfig, mesh,
   return out
 
 
-def run(train: input_pipeline.TrainVideos, eval_sets: dict[str, input_pipeline.TestSet],
-        config: ml_collections.ConfigDict, mesh
-        ) -> tuple[frames_lib.FrameTable, dict[str, np.ndarray]]:
-  """VideoPCA on the training videos (-> frame table) and on each held-out split's videos.
+def frame_table(train: input_pipeline.TrainVideos, config: ml_collections.ConfigDict, mesh
+                ) -> frames_lib.FrameTable:
+  """VideoPCA on every training video -> the frame table at the augmentation size.
 
-  Returns:
-    The frame table at the augmentation size, and per split with source videos the
-    [N_split, S, S] teacher masks of its images (S = config.data.image_size); splits without
-    source videos (single-image test sets) are left out.
+  Reads `config.teacher` and `config.data.image_size` / `augment_scale`.
   """
   vcfg = videopca_config(config.teacher.videopca)
-  size = config.data.image_size
-  aug = int(round(size * config.data.augment_scale))
+  aug = int(round(config.data.image_size * config.data.augment_scale))
   masks = soft_masks(train.videos, vcfg, mesh, config.teacher.batch_videos)
   scores = np.concatenate([selection.nonzero_mean_scores(m) for m in masks])
   gt = None
   if train.gt_masks is not None:
     gt = np.concatenate([frames_lib.resize_masks(m.astype(np.float32), (aug, aug)) > 0.5
                          for m in train.gt_masks])
-  table = frames_lib.FrameTable(
+  return frames_lib.FrameTable(
       images=np.concatenate([frames_lib.resize_images(v, aug) for v in train.videos]),
       teacher=np.concatenate([frames_lib.resize_masks(m, (aug, aug)) for m in masks]),
       scores=scores,
       video_index=np.concatenate([np.full(len(m), i) for i, m in enumerate(masks)]),
       frame_index=np.concatenate([np.arange(len(m)) for m in masks]),
       gt_masks=gt)
-  held_out = {}
-  for split, images in eval_sets.items():
-    if images.videos is None:
-      continue
-    video_masks = soft_masks(images.videos, vcfg, mesh, config.teacher.batch_videos)
-    picked = np.stack([video_masks[v][f] for v, f in zip(images.video_index,
-                                                          images.frame_index)])
-    held_out[split] = frames_lib.resize_masks(picked, (size, size))
-  return table, held_out
+
+
+def held_out_masks(test: input_pipeline.TestSet, vcfg: videopca.VideoPCAConfig, mesh,
+                   batch_videos: int, size: int) -> np.ndarray | None:
+  """[N, size, size] teacher masks of a held-out set's images, from VideoPCA on their source
+  videos; None for sets of single images (no videos to run VideoPCA on)."""
+  if test.videos is None:
+    return None
+  video_masks = soft_masks(test.videos, vcfg, mesh, batch_videos)
+  picked = np.stack([video_masks[v][f] for v, f in zip(test.video_index, test.frame_index)])
+  return frames_lib.resize_masks(picked, (size, size))

@@ -77,7 +77,7 @@ import json
 import numpy as np
 
 from vtd.data import cache
-from vtd.data import synthetic_video_objects as objects
+from vtd.segmentation.data import synthetic_video_objects as objects
 from vtd.data.rendering import bezier, fractal_noise, hsv_to_rgb, random_bezier_path
 from vtd.data.rendering import sample_bilinear, sigmoid, smooth_noise
 from vtd.errors import UserError

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from vtd.data import synthetic_video as sv
+from vtd.segmentation.data import synthetic_video as sv
 from vtd.errors import UserError
 from vtd.evaluators import segmentation as seg
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from vtd.data import file_errors
 from vtd.data import mat_files
-from vtd.data.object_discovery import read_image_rgb, resize_image
+from vtd.segmentation.data.object_discovery import read_image_rgb, resize_image
 from vtd.errors import UserError
 
 CLASSES = ("aeroplane", "bird", "boat", "car", "cat", "cow", "dog", "horse", "motorbike",

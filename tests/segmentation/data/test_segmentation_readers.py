@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from vtd.data import object_discovery as od
-from vtd.data import youtube_objects as yto
+from vtd.segmentation.data import object_discovery as od
+from vtd.segmentation.data import youtube_objects as yto
 from vtd.errors import UserError
 
 RED_BGR = (0, 0, 255)
