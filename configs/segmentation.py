@@ -215,8 +215,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.selection.keep_fraction = 0.5
     config.train.log_every_steps = 10
     config.train.checkpoint_every_steps = 10
+  elif arg == "reference":
+    # The reference networks at their own widths and resolutions, for accelerators (shared/
+    # reference/segmentation.md §2-3): U-Nets at 256 x 256, EvalSeg-Net at 128 x 128, batch 32,
+    # the public code's step counts per student (LowRes-Net 1 M, DilateU-Net / DenseU-Net
+    # 100 k, BasicU-Net 10 k; FConv is not in the code: LowRes-Net's). Synthetic frames are
+    # rendered at 256 x 320 so that nothing is upsampled. One working size serves every
+    # student, so LowRes-Net and FConv read 256 x 256 where the reference feeds them 128 x 128
+    # (LowRes-Net's FC then has 4x the reference's inputs).
+    config.data.synthetic.update(height=256, width=320)
+    config.data.video_size = (256, 320)
+    config.data.image_size = 256
+    config.evalseg.image_size = 128
+    for name in ("lowres_net", "fconv"):
+      config.students[name] = ml_collections.ConfigDict(dict(features=256, bottleneck=64))
+    config.students.basic_unet = ml_collections.ConfigDict(dict(
+        features=(32, 64, 128, 256, 512), center_features=1024))
+    config.students.dilate_unet = ml_collections.ConfigDict(dict(
+        features=(32, 64, 128, 256, 512)))
+    config.students.dense_unet = ml_collections.ConfigDict(dict(
+        growth_rates=(12, 24, 48, 64), transition_features=(32, 64, 128, 256),
+        center_growth=128, center_transition=512, block_layers=4))
+    config.student_training.batch_size = 32
+    config.student_training.steps_per_student.update(
+        lowres_net=1_000_000, fconv=1_000_000, basic_unet=10_000, dilate_unet=100_000,
+        dense_unet=100_000)
+    config.evalseg.model = ml_collections.ConfigDict(dict(features=256, bottleneck=64,
+                                                          hidden=512, head="sigmoid"))
+    config.evalseg.batch_size = 32
+    config.evalseg.num_steps = 100_000
+    config.train.log_every_steps = 1000
+    config.train.checkpoint_every_steps = 5000
   elif arg:
-    raise ValueError(f"unknown preset {arg!r}; expected smoke")
+    raise ValueError(f"unknown preset {arg!r}; expected smoke or reference")
   return config
 
 

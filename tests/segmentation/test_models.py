@@ -1,11 +1,14 @@
 """Students, EvalSeg-Net and their losses (vtd/segmentation/models.py, losses.py)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+from configs import segmentation as segmentation_config
 from vtd.segmentation import losses
 from vtd.segmentation import models
 
@@ -360,3 +363,19 @@ def test_evalseg_loss():
   np.testing.assert_allclose(losses.evalseg_loss(pred, target), (0.04 + 0.01) / 2, rtol=1e-6)
   np.testing.assert_allclose(losses.evalseg_loss(pred, target, jnp.array([0.0, 1.0])), 0.01,
                              rtol=1e-5)
+
+
+def _widths(module) -> dict:
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+          if f.name not in ("parent", "name")}
+
+
+def test_reference_preset_builds_the_reference_networks():
+  """configs/segmentation.py:reference gives every network the reference widths (whose
+  parameter counts the tests above check) and the reference resolutions."""
+  config = segmentation_config.get_config("reference")
+  for name in NAMES:
+    cls = models.STUDENTS[name]
+    assert _widths(cls(**config.students[name])) == _widths(cls()), name
+  assert _widths(models.EvalSegNet(**config.evalseg.model)) == _widths(models.EvalSegNet())
+  assert config.data.image_size == 256 and config.evalseg.image_size == 128
