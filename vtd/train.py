@@ -198,6 +198,7 @@ def fit(program: Program, loop_cfg: ml_collections.ConfigDict, workdir: str, mes
 
 
 def _fit(program, loop_cfg, mesh, seed, ckpt, writer) -> FitResult:
+  logging.info("%s: initialising the model (compiling its init)...", program.name)
   state = create_state(program, mesh, seed)
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   frozen = None if program.frozen is None else sharding.replicate(program.frozen, mesh)
