@@ -197,8 +197,8 @@ def run_next_selection(ctx: stages.StageContext, *, student_stages: Sequence[str
     gt = frames_lib.resize_masks(table.gt_masks.astype(np.float32), (size, size)) > 0.5
   names = [n.split("/")[-1] for n in student_stages]
   per_student = selection.kept_per_student(cand, chosen, names)
-  logging.info("%s: EvalSeg-Net kept %d of %d student masks %s", ctx.name, chosen.size,
-               scored["scores"].size, per_student)
+  logging.info("%s: EvalSeg-Net kept %d of %d student masks (%s)", ctx.name, chosen.size,
+               scored["scores"].size, ", ".join(f"{n} {k}" for n, k in per_student.items()))
   return {"pairs": _save_pairs(ctx, frame_ids, frames_lib.resize_masks(cand.masks[chosen],
                                                                         (a, a))),
           "num_pairs": int(chosen.size), "kept_per_student": per_student,
