@@ -56,3 +56,11 @@ def test_write_png(tmp_path):
   overlays.write(str(path), images, columns, gt_masks=gt)
   png = cv2.imread(str(path))
   assert png is not None and png.shape[1] == 4 * 128
+
+
+def test_pick_spread_rows_starts_mid_video_and_alternates_videos():
+  video_index = np.array([0] * 8 + [1] * 4)
+  rows = overlays.pick_spread_rows(video_index, 4)
+  np.testing.assert_array_equal(rows, [4, 10, 2, 9])  # middles, then quarter points
+  every = overlays.pick_spread_rows(video_index, 100)
+  assert sorted(every.tolist()) == list(range(12))

@@ -30,6 +30,22 @@ def pick_rows(video_index: np.ndarray, count: int) -> np.ndarray:
   return np.concatenate([np.sort(first), rest])[:count]
 
 
+def pick_spread_rows(video_index: np.ndarray, count: int) -> np.ndarray:
+  """Up to `count` frame indices of training videos, round-robin over the videos: each video's
+  middle frame first, then its quarter points, then the rest (first and last frames, often
+  fades or titles in real footage, come last)."""
+  video_index = np.asarray(video_index)
+  fractions = (0.5, 0.25, 0.75, 0.125, 0.375, 0.625, 0.875)
+  queues = []
+  for v in np.unique(video_index):
+    members = np.flatnonzero(video_index == v)
+    picks = list(dict.fromkeys(members[min(int(f * members.size), members.size - 1)]
+                               for f in fractions))
+    queues.append(picks + [m for m in members if m not in picks])
+  order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+  return np.asarray(order[:count], dtype=np.int64)
+
+
 def _title(name: str) -> tuple[str, str]:
   """"gen2/dilate_unet" -> ("gen 2", "DilateU-Net"); "teacher" -> ("teacher", "VideoPCA")."""
   if "/" in name:

@@ -346,7 +346,7 @@ def _train_overlay(ctx, gen: int, student_stages: Sequence[str], multi: str, cou
                    size: int) -> str:
   """Training frames (no ground truth): teacher, the students' raw outputs, Multi-Net."""
   table = _table(ctx)
-  rows = overlays.pick_rows(table.video_index, count)
+  rows = overlays.pick_spread_rows(table.video_index, count)
   masks = student_train_masks(ctx, student_stages, multi)[:, rows]
   columns = {TEACHER: frames_lib.resize_masks(table.teacher[rows], (size, size)),
              **{n: artifacts.load_npy(ctx.input_dir(n) / TRAIN_OUTPUTS)[rows].astype(np.float32)
