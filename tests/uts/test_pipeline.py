@@ -12,7 +12,7 @@ from configs import uts as uts_config
 from tests.uts import extract_worker
 from vtd import artifacts
 from vtd import main as vtd_main
-from vtd.data import fivr as fivr_data
+from vtd.uts.data import fivr as fivr_data
 from vtd.errors import UserError
 from vtd.uts import extract
 from vtd.uts import input_pipeline
