@@ -6,22 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import uts as uts_config
+from tests.uts.conftest import tiny_config
 from vtd import sharding
 from vtd.uts import networks
 from vtd.uts import pretrain
-
-
-def tiny_config(tmp_path):
-  config = uts_config.get_config("smoke")
-  config.data.cache_dir = str(tmp_path / "cache")
-  config.pretrain.source.update(num_object_classes=4, num_texture_classes=1, train_per_class=8,
-                                val_per_class=2)
-  config.pretrain.train.update(num_steps=4, batch_size=8, eval_every_steps=2,
-                               checkpoint_every_steps=2, async_checkpointing=False,
-                               tensorboard=False)
-  config.runtime.compilation_cache_dir = ""
-  return config
 
 
 def _shapes(tree):
@@ -29,13 +17,15 @@ def _shapes(tree):
 
 
 @pytest.mark.slow
-def test_pretrained_teacher_is_cached_across_workdirs(tmp_path):
-  config = tiny_config(tmp_path)
+def test_pretrained_teacher_is_cached_across_workdirs(tmp_path, uts_cache):
+  # The session's cache: the pipeline tests' pretraining (the same config) is this one.
+  config = tiny_config(uts_cache)
   mesh = sharding.make_mesh()
-  result, directory = pretrain.run(config, str(tmp_path / "run_a"), mesh)
-  assert directory.startswith(str(tmp_path / "cache" / "uts_pretrain" / "resnet50-"))
-  assert result["step"] in (2, 4) and 0 <= result["val_top1"] <= 1  # Keep-best on val.
-  assert result["classes"] == 5 and result["train_images"] == 40
+  result, directory = pretrain.run(config, str(tmp_path / "run_a" / "pretrain"), mesh)
+  assert directory.startswith(str(uts_cache / "uts_pretrain" / "resnet50-"))
+  assert result["step"] == 2 and 0 <= result["val_top1"] <= 1  # Keep-best on val.
+  assert result["classes"] == 4 and result["train_images"] == 16
+  assert result["weights_digest"] == pretrain.weights_digest(directory)
   backbone = pretrain.load_backbone(directory)
   # Exactly the teacher's backbone variables (the classifier's fc is dropped).
   template = networks.init_teacher(config)
@@ -50,19 +40,30 @@ def test_pretrained_teacher_is_cached_across_workdirs(tmp_path):
                             teacher["params"]["backbone"]["conv1"]["kernel"])
 
   # Another workdir reuses it untouched; another recipe is another entry.
-  stamp = os.path.getmtime(os.path.join(directory, "stage.json"))
-  again, same = pretrain.run(config, str(tmp_path / "run_b"), mesh)
+  stamp = os.path.getmtime(os.path.join(directory, pretrain.ENTRY_DONE))
+  again, same = pretrain.run(config, str(tmp_path / "run_b" / "pretrain"), mesh)
   assert same == directory and again == result
-  assert os.path.getmtime(os.path.join(directory, "stage.json")) == stamp
+  assert os.path.getmtime(os.path.join(directory, pretrain.ENTRY_DONE)) == stamp
   config.pretrain.optim.lr = 1e-4
-  assert pretrain.stage_dir(config, "w", "resnet50") != directory
+  assert pretrain.entry_dir(config, "w/pretrain", "resnet50") != directory
   config.data.cache_dir = ""
-  assert pretrain.stage_dir(config, "w", "resnet50") == os.path.join("w", "pretrain_resnet50")
+  assert pretrain.entry_dir(config, "w/pretrain", "resnet50") == os.path.join("w/pretrain",
+                                                                               "weights")
+
+
+def test_entries_of_older_vtd_are_reused(tmp_path):
+  """An entry finished by an older vtd (its marker was the stage's stage.json) is reused."""
+  entry = tmp_path / "entry"
+  entry.mkdir()
+  (entry / "stage.json").write_text('{"result": {"step": 7}}')
+  assert pretrain._finished(str(entry)) == {"step": 7}
+  (entry / pretrain.ENTRY_DONE).write_text("{broken")
+  assert pretrain._finished(str(entry)) == {"step": 7}  # A damaged marker is skipped.
 
 
 @pytest.mark.slow
-def test_pretrained_student_keeps_blocks_1_to_4_only(tmp_path):
-  config = tiny_config(tmp_path)
+def test_pretrained_student_keeps_blocks_1_to_4_only(tmp_path, uts_cache):
+  config = tiny_config(uts_cache)
   _, directory = pretrain.run(config, str(tmp_path / "run"), sharding.make_mesh(), arch="vgg16")
   backbone = pretrain.load_backbone(directory)
   fresh = networks.init_student(config, jax.random.key(0))

@@ -8,7 +8,8 @@ import pytest
 from vtd.uts.data import fivr
 from vtd.errors import UserError
 
-REAL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "fivr200k")
+REAL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data",
+                    "fivr200k")
 
 
 def _sums(annotation, dataset=None):
