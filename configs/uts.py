@@ -5,6 +5,8 @@ Smoke:    python -m vtd.main --config=configs/uts.py:smoke --workdir=runs/uts_sm
 Paper:    python -m vtd.main --config=configs/uts.py:reference --workdir=runs/uts_ref  (accelerators)
 Real:     python -m vtd.main --config=configs/uts.py --config.data.source=directory \
               --config.data.root=/data/fivr --config.teacher.weights=/w/resnet50.npz
+Export:   python -m vtd.export --workdir=runs/uts --model=student --out=exports/uts_student
+Evaluate: python -m vtd.evaluate --artifact=exports/uts_student --split=test --output=m.json
 Expected: see README.md "UTS" (FIVR mAP table and runtime from real runs).
 
 The embedded default downloads nothing: the teacher's ResNet-50 is pretrained by vtd on

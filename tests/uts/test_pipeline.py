@@ -236,6 +236,8 @@ def test_stage_titles_are_distinct(uts_cache):
 def test_export_then_evaluate_reproduces_the_rows(finished_run, tmp_path, capsys):
   _, workdir, results = finished_run
   assert export_lib.exportable(str(workdir)) == ["student", "teacher"]
+  export_lib.main([f"--workdir={workdir}", "--model=list"])
+  assert capsys.readouterr().out.split() == ["student", "teacher"]
   out = tmp_path / "student"
   export_lib.export(str(workdir), "student", str(out))
   got = evaluate_lib.evaluate_artifact(str(out), "test")
