@@ -45,6 +45,7 @@ from vtd.uts import input_pipeline
 from vtd.uts import models
 from vtd.uts import networks
 from vtd.uts import pretrain as pretrain_lib
+from vtd.uts import retrieval as retrieval_lib
 from vtd.uts import trainer
 from vtd.uts.data import synthetic_fivr
 from vtd.uts.data import synthetic_source_images
@@ -231,7 +232,11 @@ def _report_rows(results: dict[str, Any]) -> dict[str, Any]:
   """Stage results with the retrieval rows ("<model>/<method>") as models of their own."""
   retrieval = dict(results["retrieval"])
   rows = retrieval.pop("rows")
-  return {**results, "retrieval": retrieval, **rows}
+  # Networks in graph order, methods as in the paper's Table 1 (stage.json sorts its keys).
+  networks_ = [n[len("features/"):] for n in results if n.startswith("features/")]
+  ordered = {f"{m}/{k}": rows[f"{m}/{k}"] for m in networks_ for k in retrieval_lib.METHODS
+             if f"{m}/{k}" in rows}
+  return {**results, "retrieval": retrieval, **ordered}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, Any]:
