@@ -79,3 +79,26 @@ def test_pretrained_student_keeps_blocks_1_to_4_only(tmp_path, uts_cache):
       jax.tree.map(np.testing.assert_array_equal, params[name],
                    fresh["params"]["backbone"][name])
   assert any(not name.startswith("features_") for name in params)
+
+
+def test_a_changed_entry_is_refused_by_its_dependants(tmp_path):
+  """The teacher loads the pretrained weights its `pretrain` stage recorded, or stops."""
+  from etils import epath
+  from vtd import artifacts
+  from vtd import stages
+  from vtd.errors import UserError
+  from vtd.uts import trainer
+  entry = tmp_path / "cache" / "entry"
+  artifacts.save_artifact(str(entry / pretrain.BACKBONE_DIR), {"params": {"w": np.ones(3)}},
+                          tiny_config(tmp_path / "cache"), {"method": "uts"})
+  recorded = {"directory": str(entry), "weights_digest": pretrain.weights_digest(str(entry))}
+  ctx = stages.StageContext(name="teacher", dir=epath.Path(tmp_path / "run" / "teacher"),
+                            workdir=epath.Path(tmp_path / "run"), config=tiny_config(tmp_path),
+                            inputs={"pretrain": recorded})
+  loaded = trainer.load_pretrained(ctx, "pretrain", mesh=None, arch="resnet50")
+  np.testing.assert_array_equal(loaded["params"]["w"], np.ones(3))
+  artifacts.save_artifact(str(entry / pretrain.BACKBONE_DIR), {"params": {"w": np.zeros(3)}},
+                          tiny_config(tmp_path / "cache"), {"method": "uts"})
+  with pytest.raises(UserError, match=r"the pretrained resnet50 in .*entry is not the one "
+                                      r"stage pretrain recorded .*; remove .*run/pretrain"):
+    trainer.load_pretrained(ctx, "pretrain", mesh=None, arch="resnet50")
