@@ -5,6 +5,8 @@ Smoke:    python -m vtd.main --config=configs/uts.py:smoke --workdir=runs/uts_sm
 Paper:    python -m vtd.main --config=configs/uts.py:reference --workdir=runs/uts_ref  (accelerators)
 Real:     python -m vtd.main --config=configs/uts.py --config.data.source=directory \
               --config.data.root=/data/fivr --config.teacher.weights=/w/resnet50.npz
+Export:   python -m vtd.export --workdir=runs/uts --model=student --out=exports/uts_student
+Evaluate: python -m vtd.evaluate --artifact=exports/uts_student --split=test --output=m.json
 Expected: see README.md "UTS" (FIVR mAP table and runtime from real runs).
 
 The embedded default downloads nothing: the teacher's ResNet-50 is pretrained by vtd on
@@ -21,9 +23,10 @@ from configs import common
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  # Which method vtd.main runs (vtd/uts/train.py).
+  # Which method vtd.main runs (vtd/uts/pipeline.py).
   config.method = "uts"
-  # Training seed: student init, data order, augmentation and the LSH rotation.
+  # Training seed: student init, data order and augmentation, the LSH rotation and the R-MAC
+  # whitening sample (each stage derives its own: vtd/seeds.py).
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
@@ -45,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.image_size = 64
   # Where generated data are cached ('' = regenerate every run).
   config.data.cache_dir = "~/.cache/vtd"
-  # Generator parameters of the embedded collection (vtd/data/synthetic_fivr.py documents them).
+  # Generator parameters of the embedded collection (vtd/uts/data/synthetic_fivr.py documents them).
   config.data.synthetic = ml_collections.ConfigDict(dict(
       seed=0,  # Dataset seed (fixed across training seeds).
       num_events=12,  # Test incidents; one test query each.
@@ -91,7 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Source-domain pretraining of the teacher's ResNet-50 (the ImageNet stand-in; cached under
   # data.cache_dir keyed by these fields, shared by every seed and workdir).
   config.pretrain = ml_collections.ConfigDict()
-  # The labelled source images (vtd/data/synthetic_source_images.py documents them).
+  # The labelled source images (vtd/uts/data/synthetic_source_images.py documents them).
   config.pretrain.source = ml_collections.ConfigDict(dict(
       seed=0,  # Image set seed.
       num_object_classes=80,  # Classes of textured objects (shape, aspect, colour, texture).
@@ -104,11 +107,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pretrain.image_size = 64
   # Initialisation, data order and augmentation seed (fixed: one teacher for all seeds).
   config.pretrain.seed = 0
-  # Adam with a step decay (x 0.5 every 150 steps).
+  # Adam with a step decay (x 0.5 every 150 steps; the period is in steps: UTS trains by steps).
   config.pretrain.optim = common.optimizer("adam", lr=2e-3, weight_decay=0.0)
   config.pretrain.optim.schedule = "step"
   config.pretrain.optim.decay_rate = 0.5
-  config.pretrain.optim.decay_every_epochs = 150
+  del config.pretrain.optim["decay_every_epochs"]
+  # Steps between two decays of the learning rate.
+  config.pretrain.optim.decay_every_steps = 150
   # Training augmentation (vtd/data/augment.py): crop, flip, small rotation and colour jitter.
   config.pretrain.augment = ml_collections.ConfigDict(dict(
       crop_area=(0.35, 1.0),  # Fraction of the area kept by the random crop.
@@ -120,7 +125,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       saturation=0.2,
   ))
   # The generic loop: validation (top-1 on the held-out images) every 100 steps, keep-best.
-  config.pretrain.train = common.training_loop(batch_size=64, num_epochs=1)
+  config.pretrain.train = _steps_loop(batch_size=64)
   config.pretrain.train.update(eval_every_steps=100, checkpoint_every_steps=100,
                                log_every_steps=50, best_metric="top1", best_mode="max")
   # Optimisation steps (500 x 64 = 4 epochs of the 8,000 training images).
@@ -165,7 +170,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
 
   # Generic loop (vtd/train.py): unsupervised, no validation; the last step is kept.
-  config.train = common.training_loop(batch_size=64, num_epochs=1)
+  config.train = _steps_loop(batch_size=64)
   # Optimisation steps (paper: not stated) and frames sampled for training (0 = all).
   config.train.num_steps = 300
   config.train.max_frames = 0
@@ -211,6 +216,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Query frames per k-NN call (whole query videos; bounds memory: frames x top_n hits).
   config.retrieval.batch_frames = 8192
 
+  # Evaluators by config (vtd/evaluators/common.py), run by the retrieval stage on every
+  # "<model>/<method>" row; a change re-evaluates only (nothing is retrained).
+  config.evals = ml_collections.ConfigDict()
+  # FIVR mAP per task, bytes per video and query time (vtd/evaluators/fivr.py) on the test
+  # queries; `tasks` a comma list of DSVR, CSVR, ISVR; `pr_points` recall levels of the
+  # precision-recall curves (plots/precision_recall.png).
+  config.evals.test = dict(type="fivr", split="test", tasks="DSVR,CSVR,ISVR", pr_points=21)
+  # The same on the validation queries (where defaults are chosen; `python -m vtd.results
+  # --eval=val`). The embedded collection always has them; real data need data.val_annotation
+  # (else set enabled=False).
+  config.evals.val = dict(type="fivr", split="val", tasks="DSVR,CSVR,ISVR", pr_points=21,
+                          enabled=True)
+
   config.distributed = common.distributed()
   config.runtime = common.runtime()
 
@@ -246,7 +264,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.pretrain.image_size = 224
     config.pretrain.train.update(num_steps=20000, batch_size=256, eval_every_steps=1000,
                                  checkpoint_every_steps=1000, log_every_steps=100)
-    config.pretrain.optim.decay_every_epochs = 6000
+    config.pretrain.optim.decay_every_steps = 6000
     config.student.width = 64
     config.student.head_width = 512
     config.train.batch_size = 320  # Paper §3.1.
@@ -257,6 +275,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg:
     raise ValueError(f"unknown preset {arg!r}; expected smoke or reference")
   return config
+
+
+def _steps_loop(batch_size: int) -> ml_collections.ConfigDict:
+  """The generic loop's knobs (configs/common.py), trained by `num_steps` (no epochs)."""
+  loop = common.training_loop(batch_size=batch_size, num_epochs=0)
+  del loop["num_epochs"]
+  return loop
 
 
 def sweep(add):

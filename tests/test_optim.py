@@ -62,3 +62,13 @@ def test_every_optimizer_reduces_a_quadratic(name):
 
   params, _ = jax.jit(lambda p: jax.lax.fori_loop(0, 600, step, (p, tx.init(p))))(params)
   assert float(jnp.sum(params ** 2)) < 0.5
+
+
+def test_step_schedule_period_in_steps():
+  """`decay_every_steps` (methods that train by steps, e.g. UTS pretraining) sets the period
+  directly; steps_per_epoch is then irrelevant."""
+  cfg = ml_collections.ConfigDict(dict(schedule="step", lr=1.0, decay_rate=0.5,
+                                       decay_every_steps=3))
+  for steps_per_epoch in (1, 7):
+    lr = optim.learning_rate_schedule(cfg, steps_per_epoch)
+    assert [float(lr(s)) for s in (0, 2, 3, 5, 6)] == [1.0, 1.0, 0.5, 0.5, 0.25]

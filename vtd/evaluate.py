@@ -11,7 +11,7 @@ deterministically); `--data_path` points a model trained on files at another cop
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Mapping
 
 from vtd import artifacts
 from vtd import cli
@@ -38,9 +38,17 @@ def evaluate_artifact(artifact_dir: str, split: str, data_path: str | None = Non
   evals_cfg = evaluators_lib.on_split(config.evals, split)
   evaluators = evaluators_lib.from_config(evals_cfg)
   model, context = module.load_for_evaluation(variables, config, metadata, data_path)
-  outcome = evaluators_lib.to_json(evaluators_lib.run_all(evaluators, model, context))
-  return {"artifact": artifact_dir, "model_name": metadata.get("model_name"), "split": split,
-          "evaluators": evaluators_lib.describe(evaluators, evals_cfg), "metrics": outcome}
+  name = metadata.get("model_name")
+  # A method may score one artifact as several rows (UTS: {retrieval method: model}).
+  models = ({f"{name}/{k}": m for k, m in model.items()} if isinstance(model, Mapping)
+            else {name: model})
+  rows = {row: evaluators_lib.to_json(evaluators_lib.run_all(evaluators, m, context))
+          for row, m in models.items()}
+  out = {"artifact": artifact_dir, "model_name": name, "split": split,
+         "evaluators": evaluators_lib.describe(evaluators, evals_cfg)}
+  if isinstance(model, Mapping):
+    return {**out, "rows": rows}
+  return {**out, "metrics": rows[name]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
   except UserError as e:
     parser.error(str(e))
   artifacts.write_json_atomic(args.output, result)
-  payload = {"models": {result["model_name"]: result["metrics"]["evals"]},
+  rows = result.get("rows", {result["model_name"]: result.get("metrics")})
+  payload = {"models": {row: metrics["evals"] for row, metrics in rows.items()},
              "evaluators": result["evaluators"]}
   for name in result["evaluators"]:
     print(results.format_table(payload, name,

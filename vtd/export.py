@@ -9,6 +9,7 @@ finished stage that trained a model can be exported; `--model=list` lists them.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from etils import epath
@@ -46,10 +47,23 @@ def export(workdir: str, model: str, out: str) -> dict:
                     f"{', '.join(available) or 'none (is the run finished?)'}")
   stage_dir = epath.Path(workdir) / model
   variables, config, metadata = artifacts.load_artifact(stage_dir / MODEL_DIR)
+  config = _completed_config(config, metadata, workdir)
   metadata = {**metadata, "exported_from": str(stage_dir.resolve())}
   metadata.pop("shapes", None)
   artifacts.save_artifact(out, variables, config, metadata)
   return metadata
+
+
+def _completed_config(config, metadata: dict, workdir: str):
+  """The artifact's config, completed by the method where its evaluation needs more than the
+  stage that trained it read (`vtd.<method>.evaluate.export_config`, e.g. UTS: the retrieval
+  settings of the run)."""
+  try:
+    module = importlib.import_module(f"vtd.{metadata.get('method')}.evaluate")
+  except ModuleNotFoundError:
+    return config
+  complete = getattr(module, "export_config", None)
+  return complete(config, metadata, workdir) if complete else config
 
 
 def main(argv: list[str] | None = None) -> None:

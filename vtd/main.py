@@ -40,7 +40,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/
 
 # config.method -> module with train_and_evaluate(config, workdir).
 METHODS = {"teachtext": "vtd.teachtext.pipeline", "segmentation": "vtd.segmentation.pipeline",
-           "uts": "vtd.uts.train"}
+           "uts": "vtd.uts.pipeline"}
 USER_ERROR_EXIT = 2
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)

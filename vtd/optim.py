@@ -15,13 +15,16 @@ OPTIMIZERS = ("adam", "radam", "ranger", "sgd")
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
   """`constant`, or `step`: lr * decay_rate ** floor(step / (decay_every_epochs * steps_per_epoch)).
 
-  `step` with decay_rate 0.95 every epoch is CE/TeachText's StepLR(1 epoch, gamma=0.95).
+  `step` with decay_rate 0.95 every epoch is CE/TeachText's StepLR(1 epoch, gamma=0.95). A
+  config with a positive `decay_every_steps` (methods that train by steps) gives the period in
+  steps instead.
   """
   if cfg.schedule == "constant":
     return optax.constant_schedule(cfg.lr)
   if cfg.schedule == "step":
     return optax.exponential_decay(
-        cfg.lr, transition_steps=max(1, round(cfg.decay_every_epochs * steps_per_epoch)),
+        cfg.lr, transition_steps=max(1, round(cfg.get("decay_every_steps", 0) or
+                                              cfg.decay_every_epochs * steps_per_epoch)),
         decay_rate=cfg.decay_rate, staircase=True)
   raise ValueError(f"config.optim.schedule must be 'constant' or 'step', got {cfg.schedule!r}")
 

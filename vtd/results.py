@@ -18,6 +18,7 @@ The CLI prints one table per evaluator: rows are models, cells the mean ± std o
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -71,7 +72,9 @@ def _reported(described: Mapping[str, Any]) -> list[str]:
 def _to_tensorboard(workdir: epath.Path, config, payload: Mapping[str, Any]) -> None:
   """hparams (the flattened config) and every evaluator's metrics, at step 0."""
   writer = metric_writers.MetricWriter(workdir, tensorboard=True, jsonl=False)
-  metrics = {f"{ev}/{model}/{col}": value for model, evals in payload["models"].items()
+  # TensorBoard tag characters ([-\w./]); e.g. the UTS row "student/RMAC+GV" -> RMAC_GV.
+  metrics = {re.sub(r"[^-\w./]", "_", f"{ev}/{model}/{col}"): value
+             for model, evals in payload["models"].items()
              for ev, per_eval in evals.items() for col, value in per_eval.items()
              if isinstance(value, (int, float))}
   writer.write_hparams(_flatten(config.to_dict()), metrics)

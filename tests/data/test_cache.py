@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vtd.data import cache
-from vtd.data import synthetic_fivr as sf
+from vtd.uts.data import synthetic_fivr as sf
 from vtd.teachtext.data import synthetic_retrieval as sr
 from vtd.segmentation.data import synthetic_video as sv
 from vtd.errors import UserError

@@ -18,7 +18,7 @@ import scipy.io
 
 from tests.data import fuzzing
 from vtd.teachtext.data import ce_features
-from vtd.data import fivr
+from vtd.uts.data import fivr
 from vtd.segmentation.data import object_discovery as od
 from vtd.teachtext.data import retrieval
 from vtd.data import video_io

@@ -169,7 +169,7 @@ def draw_shape(shape: Callable[[np.ndarray], np.ndarray], aspect: float, theta: 
   """Rasterises a given shape with a given texture and pose over T frames (no randomness).
 
   The deterministic half of `render_object`, also used to draw many instances of one shape
-  class (`vtd.data.synthetic_source_images`).
+  class (`vtd.uts.data.synthetic_source_images`).
 
   Args:
     shape: r(phi) of `random_shape`.

@@ -23,8 +23,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vtd.data.fivr import TASKS
 from vtd.errors import UserError
+from vtd.evaluators import common
+from vtd.uts.data.fivr import TASKS
 
 
 @dataclasses.dataclass
@@ -119,3 +120,89 @@ def evaluate_fivr(similarities: Mapping[str, Mapping[str, float]],
       warnings.warn(f"FIVR evaluation: no query evaluated for {task}; mAP is nan", stacklevel=2)
       maps[task] = float("nan")
   return FivrResult(maps, ap)
+
+
+def precision_recall_curve(similarities: Mapping[str, Mapping[str, float]],
+                           annotation: Mapping[str, Mapping[str, list[str]]],
+                           dataset_ids: Iterable[str] | None, task: str,
+                           num_points: int = 21) -> tuple[np.ndarray, np.ndarray]:
+  """Mean interpolated precision-recall curve of one task over the evaluated queries.
+
+  Ranks and ground truth as `evaluate_fivr`. Per query, precision at recall level R is the
+  highest precision at any rank whose recall is >= R (0 where the recall never reaches R:
+  positives missing from the results); the curve is the mean over the queries of
+  `evaluate_fivr` (same skips).
+
+  Returns:
+    (recall levels [num_points] in [0, 1], mean interpolated precision [num_points]).
+  """
+  levels = np.linspace(0.0, 1.0, num_points)
+  dataset = None if dataset_ids is None else set(dataset_ids)
+  curves = []
+  for query, labels in annotation.items():
+    if query not in similarities or (dataset is not None and query not in dataset):
+      continue
+    gt = set().union(*(labels.get(label, ()) for label in TASKS[task]))
+    if dataset is not None:
+      gt &= dataset
+    if not gt:
+      continue
+    kept = ranked_kept(similarities[query], query, dataset)
+    curve = np.zeros(num_points)
+    if kept:
+      hits = np.cumsum([v in gt for v in kept], dtype=np.float64)
+      precision = hits / np.arange(1, len(kept) + 1)
+      recall = hits / len(gt)  # Non-decreasing along the ranking.
+      # Interpolation: the best precision at this rank or deeper (running max from the end).
+      best = np.maximum.accumulate(precision[::-1])[::-1]
+      first = np.searchsorted(recall, levels, side="left")  # First rank with recall >= R.
+      reached = first < len(kept)
+      curve[reached] = best[first[reached]]
+    curves.append(curve)
+  if not curves:
+    return levels, np.full(num_points, np.nan)
+  return levels, np.mean(curves, axis=0)
+
+
+class Evaluator:
+  """FIVR mAP (DSVR / CSVR / ISVR, in percent) of one retrieval method on one split's queries,
+  with the paper's Table 3 costs and precision-recall curves per task.
+
+  config.evals.<name> = dict(type="fivr", split="test"|"val", tasks="DSVR,CSVR,ISVR",
+                             pr_points=21)
+
+  `model` (vtd/uts/retrieval.py `MethodScores`): `similarities` {query id: {video id: sim}}
+  (FIVR result-file format, every query of every split), `bytes_per_video` (what the method
+  stores per database video) and `query_ms` (wall time per query).
+  `context` (vtd/uts/input_pipeline.py `VideoCollection`): `split_queries(split)` ->
+  (query ids, annotation) and `dataset_ids`.
+  """
+
+  def __init__(self, split: str = "test", tasks: str = "DSVR,CSVR,ISVR", pr_points: int = 21):
+    self.split = split
+    self.tasks = tuple(t.strip() for t in str(tasks).split(",") if t.strip())
+    for task in self.tasks:
+      if task not in TASKS:
+        raise UserError(f"FIVR evaluator task {task!r}: expected some of {', '.join(TASKS)}")
+    if pr_points < 2:
+      raise UserError(f"FIVR evaluator pr_points={pr_points}: need at least 2 recall levels")
+    self.pr_points = int(pr_points)
+    self.columns = self.tasks + ("bytes_per_video", "query_ms")
+    self.headers = tuple(f"{t} mAP" for t in self.tasks) + ("bytes/video", "query ms")
+
+  def run(self, model, context) -> "common.EvalResult":
+    queries, annotation = context.split_queries(self.split)
+    sims = {q: model.similarities[q] for q in queries if q in model.similarities}
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # Skips are counted in `info` instead.
+      result = evaluate_fivr(sims, annotation, context.dataset_ids, self.tasks)
+      curves = {task: precision_recall_curve(sims, annotation, context.dataset_ids, task,
+                                             self.pr_points) for task in self.tasks}
+    metrics = {task: 100.0 * result.map[task] for task in self.tasks}
+    metrics.update(bytes_per_video=float(model.bytes_per_video),
+                   query_ms=float(model.query_ms))
+    return common.EvalResult(
+        metrics=metrics,
+        curves={"precision_recall": {task: {"recall": r.tolist(), "precision": p.tolist()}
+                                     for task, (r, p) in curves.items()}},
+        info={"queries": result.num_queries})

@@ -1,7 +1,7 @@
 """UTS data: a video collection (keyframes + FIVR annotation) and the student's training stream.
 
 Two sources behind one interface (`VideoCollection`):
-  * `synthetic` — the embedded FIVR-like collection (`vtd/data/synthetic_fivr.py`), held in
+  * `synthetic` — the embedded FIVR-like collection (`vtd/uts/data/synthetic_fivr.py`), held in
     memory;
   * `directory` — real videos under `config.data.root`: one video file (`<id>.mp4`, `.avi`,
     ...) or frame folder (`<id>/`) per FIVR id, anywhere below the root, plus the FIVR
@@ -23,8 +23,8 @@ import numpy as np
 from absl import logging
 
 from vtd import sharding
-from vtd.data import fivr as fivr_data
-from vtd.data import synthetic_fivr
+from vtd.uts.data import fivr as fivr_data
+from vtd.uts.data import synthetic_fivr
 from vtd.data import video_io
 from vtd.errors import UserError
 from vtd.segmentation import frames as frames_lib
@@ -46,6 +46,7 @@ class VideoCollection:
       dropped from the ground truth, ids in it without a video count as misses.
     val_query_ids, val_annotation: validation queries and their labels (same format), disjoint
       from the test queries; defaults are chosen on them. Empty when there are none.
+    num_frames: the number of keyframes (None where it is only known after decoding).
   """
   video_ids: list[str]
   query_ids: list[str]
@@ -56,14 +57,30 @@ class VideoCollection:
   dataset_ids: list[str]
   val_query_ids: list[str] = dataclasses.field(default_factory=list)
   val_annotation: dict[str, dict[str, list[str]]] = dataclasses.field(default_factory=dict)
+  num_frames: int | None = None  # Keyframes in all, where known without decoding.
 
   def __len__(self) -> int:
     return len(self.video_ids)
 
+  def split_queries(self, split: str) -> tuple[list[str], dict[str, dict[str, list[str]]]]:
+    """(query ids, annotation) of `split` ('test' | 'val'), for the FIVR evaluator."""
+    if split == "test":
+      return self.query_ids, self.annotation
+    if split == "val":
+      if not self.val_query_ids:
+        raise UserError("the collection has no validation queries: set config.data."
+                        "val_annotation, or drop the 'val' evaluator from config.evals")
+      return self.val_query_ids, self.val_annotation
+    raise UserError(f"FIVR evaluation split must be test or val, got {split!r}")
+
 
 def _synthetic(config: ml_collections.ConfigDict) -> VideoCollection:
   spec = synthetic_fivr.SyntheticFivrSpec(**config.data.synthetic.to_dict())
-  ds = synthetic_fivr.load_or_generate(spec, config.data.cache_dir or None)
+  cache_dir = os.path.expanduser(config.data.cache_dir) if config.data.cache_dir else None
+  if not (cache_dir and os.path.exists(synthetic_fivr.cache_path(spec, cache_dir))):
+    logging.info("generating the embedded FIVR-like collection%s",
+                 f" (cached in {cache_dir})" if cache_dir else "")
+  ds = synthetic_fivr.load_or_generate(spec, cache_dir)
   size = config.data.image_size
 
   def read(i: int) -> np.ndarray:
@@ -77,7 +94,7 @@ def _synthetic(config: ml_collections.ConfigDict) -> VideoCollection:
                          description=f"synthetic FIVR-like ({len(ds)} videos, "
                                      f"{ds.frames.shape[0]} keyframes)",
                          dataset_ids=list(ds.video_ids), val_query_ids=list(ds.val_query_ids),
-                         val_annotation=ds.val_annotation)
+                         val_annotation=ds.val_annotation, num_frames=int(ds.frames.shape[0]))
 
 
 def _directory(config: ml_collections.ConfigDict) -> VideoCollection:

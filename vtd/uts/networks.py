@@ -12,6 +12,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vtd.errors import UserError
 from vtd.uts import models
@@ -78,9 +79,14 @@ def init_teacher(config: ml_collections.ConfigDict,
   """
   teacher = build_teacher(config)
   size = config.teacher.image_size
-  variables = teacher.init(jax.random.key(config.teacher.init_seed),
-                           jnp.zeros((1, size, size, 3)))
-  variables = dict(variables)
+  x = jnp.zeros((1, size, size, 3))
+  if config.teacher.weights or pretrained is not None:
+    # Every backbone leaf is replaced below and the PCA FC is fitted afterwards: only the
+    # shapes are needed (a random ResNet-50 init costs ~20 s of XLA compilation on a CPU).
+    shapes = jax.eval_shape(lambda: teacher.init(jax.random.key(0), x))
+    variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
+  else:
+    variables = dict(teacher.init(jax.random.key(config.teacher.init_seed), x))
   if config.teacher.weights:
     variables = weights.load_resnet50_npz(config.teacher.weights, variables,
                                           scope=("backbone",))

@@ -2,16 +2,19 @@
 
 UTS's teacher is a *pretrained* ResNet-50, frozen (reference §A.1). Without downloads, vtd
 pretrains it here by supervised classification of the labelled source-domain images of
-`vtd.data.synthetic_source_images` (ResNet-50 -> global average pool -> linear classifier,
+`vtd.uts.data.synthetic_source_images` (ResNet-50 -> global average pool -> linear classifier,
 cross-entropy), through the shared `vtd.train.fit` (checkpoints, resume, keep-best on the
 held-out validation images' top-1 accuracy). Only the backbone is kept (`fc` is dropped, as
 `weights.load_resnet50_npz` drops torchvision's).
 
-The stage is a pure function of `config.pretrain` and `config.teacher.width`, so it is cached
-across workdirs: with a `data.cache_dir` it lives in `<cache_dir>/uts_pretrain/<key>/`, where
-`key` hashes those fields and `VERSION`; every seed of a sweep (and every later run) reuses it,
-and an interrupted one resumes from its checkpoints. Without a cache dir it is the workdir's
-`pretrain/` stage.
+The weights are a pure function of `config.pretrain` and the backbone's shape keys, so they
+are cached across workdirs: with a `data.cache_dir` the entry lives in
+`<cache_dir>/uts_pretrain/<arch>-<key>/`, where `key` hashes those fields and `VERSION`; every
+seed of a sweep (and every later run) reuses it, and an interrupted one resumes from its
+checkpoints. Without a cache dir the entry is `<workdir>/pretrain/weights/`. Either way the
+workdir's `pretrain` (or `pretrain_student`) stage records the entry and the digest of its
+weights (`weights_digest`), and the teacher / student stages check that digest when they load
+them, so a changed entry cannot silently feed stages trained on another.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
 from vtd import artifacts
 from vtd import optim
@@ -38,12 +42,15 @@ from vtd import sharding
 from vtd import stages
 from vtd import train as train_lib
 from vtd.data import augment
-from vtd.data import synthetic_source_images as source_lib
+from vtd.uts.data import synthetic_source_images as source_lib
 from vtd.errors import UserError
 from vtd.uts import models
 from vtd.uts import weights
 
 VERSION = 1  # Bump when the pretraining recipe changes: it is part of the cache key.
+ENTRY_DONE = "entry.json"  # Written last into an entry: {"result": ...}.
+BACKBONE_DIR = "model"  # The entry's backbone artifact (classifier head dropped).
+LOCAL_ENTRY = "weights"  # Without a cache dir: the entry inside the workdir stage.
 
 
 ARCHS = ("resnet50", "vgg16")
@@ -87,13 +94,13 @@ def cache_key(config: ml_collections.ConfigDict, arch: str) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def stage_dir(config: ml_collections.ConfigDict, workdir: str, arch: str) -> str:
-  """`<cache_dir>/uts_pretrain/<arch>-<key>` (shared by workdirs), else
-  `<workdir>/pretrain_<arch>`."""
+def entry_dir(config: ml_collections.ConfigDict, stage_dir: str, arch: str) -> str:
+  """`<cache_dir>/uts_pretrain/<arch>-<key>` (shared by workdirs), else `<stage_dir>/weights`
+  (the workdir's pretraining stage)."""
   if config.data.cache_dir:
     return os.path.join(os.path.expanduser(config.data.cache_dir), "uts_pretrain",
                         f"{arch}-{cache_key(config, arch)}")
-  return os.path.join(workdir, f"pretrain_{arch}")
+  return os.path.join(str(stage_dir), LOCAL_ENTRY)
 
 
 def _input(images: jax.Array, size: int) -> jax.Array:
@@ -151,7 +158,8 @@ def _program(config: ml_collections.ConfigDict, data: source_lib.SourceImages, m
 
   return train_lib.Program(
       name=f"pretrain_{arch}", init_variables=init, loss_fn=loss_fn,
-      optimizer=optim.create_optimizer(pcfg.optim, steps_per_epoch=1),
+      optimizer=optim.create_optimizer(
+          pcfg.optim, steps_per_epoch=-(-len(data.train_images) // pcfg.train.batch_size)),
       train_iter=_iterator(data.train_images, data.train_labels, pcfg.train.batch_size,
                            pcfg.seed),
       num_steps=pcfg.train.num_steps, evaluate=evaluate)
@@ -175,34 +183,65 @@ def _exclusive(directory: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, mesh, arch: str = "resnet50"
-        ) -> tuple[dict[str, Any], str]:
-  """Runs (or reuses) the pretraining stage of `arch`; returns (its result, the directory)."""
-  directory = stage_dir(config, workdir, arch)
+def _finished(directory: str) -> dict[str, Any] | None:
+  """The recorded result of a complete entry (also one written by an older vtd), else None."""
+  for name in (ENTRY_DONE, stages.DONE_FILE):
+    path = os.path.join(directory, name)
+    if os.path.isfile(path):
+      try:
+        with open(path) as f:
+          record = json.load(f)
+      except (OSError, ValueError):
+        continue  # A damaged marker: the entry is rebuilt (fit resumes from its checkpoints).
+      return record.get("result", record)
+  return None
 
-  def fn(d):
+
+def weights_digest(directory: str) -> str:
+  """Content hash of the pretrained backbone of an entry (what its dependants record)."""
+  with open(os.path.join(directory, BACKBONE_DIR, artifacts.VARIABLES), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:20]
+
+
+def run(config: ml_collections.ConfigDict, stage_dir: str, mesh, arch: str = "resnet50"
+        ) -> tuple[dict[str, Any], str]:
+  """Pretrains `arch` (or reuses the finished entry); returns (its result, the entry directory).
+
+  The entry is `entry_dir(config, stage_dir, arch)`: shared through the cache, or the
+  workdir stage's own `weights/`. Reads `config.pretrain`, the backbone's shape keys and
+  `config.data.cache_dir`.
+  """
+  directory = entry_dir(config, stage_dir, arch)
+  with _exclusive(directory):
+    result = _finished(directory)
+    if result is not None:
+      logging.info("pretrained %s: reusing %s", arch, directory)
+      return result, directory
+    logging.info("pretraining the %s on the generated source-domain images (into %s)", arch,
+                 directory)
     t0 = time.time()
     data = source_lib.load_or_generate(source_spec(config), config.data.cache_dir or None)
     generated = time.time() - t0
-    fit = train_lib.fit(_program(config, data, mesh, arch), config.pretrain.train, d, mesh,
-                        config.pretrain.seed)
+    fit = train_lib.fit(_program(config, data, mesh, arch), config.pretrain.train, directory,
+                        mesh, config.pretrain.seed)
     backbone = {col: tree["backbone"] for col, tree in fit.variables.items()}
     if jax.process_index() == 0:
-      artifacts.save_artifact(os.path.join(d, "model"), backbone, config,
+      artifacts.save_artifact(os.path.join(directory, BACKBONE_DIR), backbone, config,
                               {"method": "uts", "model_name": f"pretrained_{arch}",
                                "step": fit.step, "val_top1": fit.metrics.get("top1")})
-    return {"step": fit.step, "val_top1": fit.metrics.get("top1"),
-            "classes": data.spec.num_classes, "train_images": int(len(data.train_images)),
-            "val_images": int(len(data.val_images)), "generate_seconds": generated,
-            "seconds": time.time() - t0, "directory": d}
-
-  with _exclusive(directory):
-    result = stages.run_stage(directory, fn)
+    sharding.sync(f"pretrain-{arch}-saved")
+    result = {"step": fit.step, "val_top1": fit.metrics.get("top1"),
+              "classes": data.spec.num_classes, "train_images": int(len(data.train_images)),
+              "val_images": int(len(data.val_images)), "generate_seconds": generated,
+              "seconds": time.time() - t0, "weights_digest": weights_digest(directory)}
+    if jax.process_index() == 0:
+      artifacts.write_json_atomic(os.path.join(directory, ENTRY_DONE), {"result": result})
+    sharding.sync(f"pretrain-{arch}-done")
   return result, directory
 
 
 def load_backbone(directory: str) -> dict[str, Any]:
   """{'params', 'batch_stats'} of the pretrained backbone (`models.ResNet50` or
   `models.VGG16Student`)."""
-  variables, _, _ = artifacts.load_artifact(os.path.join(directory, "model"))
+  variables, _, _ = artifacts.load_artifact(os.path.join(directory, BACKBONE_DIR))
   return variables

@@ -1,26 +1,23 @@
-"""UTS retrieval and its FIVR evaluation: the paper's Table 1 (methods x models) and Table 3.
+"""UTS retrieval: the methods of the paper's Table 1 (rows model/method) and their Table 3 costs.
 
 Methods (`shared/reference/retrieval_uts_qbnorm.md` §A.7-A.8):
   GV        video = L2-normalised mean of L2-normalised GAP frame features; cosine.
   RMAC+GV   the same with R-MAC frame features.
   FRP       the frame-level pipeline (Algorithm 1) on LSH codes of the R-MAC frame features.
-Every method writes FIVR result dicts (similarity > 0 only, as the official scripts) and is
-scored with the official protocol (vtd/evaluators/fivr.py). Query time is the wall time of
-scoring all queries against the database (a second, warm call: compilation excluded) divided
-by the number of queries (index building and feature extraction excluded); storage is the bytes a method keeps per database video.
+Every method yields FIVR result dicts (similarity > 0 only, as the official scripts), scored
+with the official protocol by the `fivr` evaluator (vtd/evaluators/fivr.py). Query time is the
+wall time of scoring all queries against the database (a second, warm call: compilation
+excluded) divided by the number of queries (index building and feature extraction excluded);
+storage is the bytes a method keeps per database video.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
-from typing import Any
-
 import ml_collections
 import numpy as np
 
-from vtd import artifacts
-from vtd.evaluators import fivr as fivr_eval
 from vtd.search import frame_level
 from vtd.search import hamming
 from vtd.search import lsh as lsh_lib
@@ -79,79 +76,55 @@ def whiten_frames(features: np.ndarray, num_fit: int, seed: int, dim: int = 0) -
   return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
-def evaluate_models(config: ml_collections.ConfigDict,
-                    collection: input_pipeline.VideoCollection,
-                    features: dict[str, extract_lib.FrameFeatures], out_dir: str
-                    ) -> dict[str, Any]:
-  """Scores every (model, method) on the FIVR tasks; writes the LSH and result files.
+@dataclasses.dataclass
+class MethodScores:
+  """One retrieval method run by one network: what the FIVR evaluator scores.
 
-  Test and validation queries are scored in one pass (query time: per query over both);
-  each row has "test" (the test queries and annotation) and, when the collection has
-  validation queries, "val" (theirs). Result files hold the test queries only.
+  Attributes:
+    similarities: {query id: {video id: similarity}} for the queries of every split, in the
+      FIVR result-file format (similarity > 0 only).
+    bytes_per_video: what the method stores per database video (paper Table 3).
+    query_ms: wall time per query, ms (all queries scored at once, warm; index building and
+      feature extraction excluded).
+  """
+  similarities: dict[str, dict[str, float]]
+  bytes_per_video: float
+  query_ms: float
+
+
+def retrieve(config: ml_collections.ConfigDict, collection: input_pipeline.VideoCollection,
+             features: extract_lib.FrameFeatures, seed: int
+             ) -> tuple[dict[str, MethodScores], lsh_lib.LSH]:
+  """GV, RMAC+GV and FRP of one network's frame features, for every query of every split.
+
+  Reads `config.lsh` and `config.retrieval`; `seed` draws the LSH rotation and the R-MAC
+  whitening sample. Returns ({method: scores}, the fitted LSH).
   """
   position = {v: i for i, v in enumerate(collection.video_ids)}
   query_ids = list(collection.query_ids) + list(collection.val_query_ids)
   missing = [q for q in query_ids if q not in position]
   if missing:
-    raise ValueError(f"queries not in the database: {missing[:5]}")
+    raise UserError(f"queries not in the database: {missing[:5]}; every FIVR query must be "
+                    "one of the database videos")
   query_rows = np.array([position[q] for q in query_ids], np.int64)
   num_videos = len(collection)
-  splits = {"test": (collection.query_ids, collection.annotation)}
-  if collection.val_query_ids:
-    splits["val"] = (collection.val_query_ids, collection.val_annotation)
-  out: dict[str, Any] = {}
-  for model, feats in features.items():
-    fv = feats.frame_video
-    frames_per_video = fv.size / max(1, len(np.unique(fv)))
-    rmac = feats.features["rmac"]
-    if config.retrieval.rmac_whitening == "pca":
-      rmac = whiten_frames(rmac, config.retrieval.rmac_whitening_frames, config.seed,
-                           config.retrieval.rmac_whitening_dim)
-    elif config.retrieval.rmac_whitening != "none":
-      raise UserError(f"config.retrieval.rmac_whitening must be none|pca, got "
-                      f"{config.retrieval.rmac_whitening!r}")
-    sims = {}
-    timing = {}
-    for method, frame_features in (("GV", feats.features["gap"]), ("RMAC+GV", rmac)):
-      dense, seconds = _gv(frame_features, fv, query_rows, num_videos)
-      sims[method] = frame_level.similarity_dict(dense, query_ids, collection.video_ids)
-      timing[method] = seconds
-    lsh = lsh_lib.fit_lsh(config.seed, rmac.shape[1], config.lsh.nbits,
-                          rotate=config.lsh.rotate,
-                          train_thresholds=config.lsh.train_thresholds, train_features=rmac)
-    lsh_lib.save_lsh(os.path.join(out_dir, f"{model}_lsh.npz"), lsh)
-    codes = lsh_lib.encode(rmac, lsh)
-    sims["FRP"], timing["FRP"] = _frp(config, codes, fv, query_rows, query_ids, collection)
-    storage = {"GV": 4 * feats.features["gap"].shape[1],
-               "RMAC+GV": 4 * rmac.shape[1],  # After whitening, if any.
-               "FRP": lsh.code_size * frames_per_video}
-    for method in METHODS:
-      row = {"storage_bytes_per_video": float(storage[method]),
-             "query_ms_per_video": 1000 * timing[method] / len(query_rows)}
-      for split, (queries, annotation) in splits.items():
-        split_sims = {q: sims[method][q] for q in queries}
-        if split == "test":
-          artifacts.write_json_atomic(
-              os.path.join(out_dir, f"{model}_{method}_results.json"), split_sims)
-        res = fivr_eval.evaluate_fivr(split_sims, annotation, collection.dataset_ids)
-        row[split] = {task: 100 * v for task, v in res.map.items()}
-        row["queries" if split == "test" else "val_queries"] = res.num_queries
-      out[f"{model}/{method}"] = row
-  return out
-
-
-def format_results(results: dict[str, Any], workdir: str) -> str:
-  """The Table 1 + Table 3 shaped markdown table of one run."""
-  lines = [f"UTS FIVR mAP, test queries (validation in brackets) ({workdir})", "",
-           "| method | model | DSVR | CSVR | ISVR | bytes/video | query ms/video |",
-           "|---|---|---|---|---|---|---|"]
-  for method in METHODS:
-    for name, res in results.items():
-      model, _, m = name.partition("/")
-      if m != method:
-        continue
-      t, v = res["test"], res.get("val")
-      cells = [f"{t[k]:.1f}" + (f" ({v[k]:.1f})" if v else "") for k in ("DSVR", "CSVR", "ISVR")]
-      lines.append(f"| {method} | {model} | {' | '.join(cells)} | "
-                   f"{res['storage_bytes_per_video']:.0f} | {res['query_ms_per_video']:.2f} |")
-  return "\n".join(lines)
+  fv = features.frame_video
+  frames_per_video = fv.size / max(1, len(np.unique(fv)))
+  rcfg = config.retrieval
+  rmac = features.features["rmac"]
+  if rcfg.rmac_whitening == "pca":
+    rmac = whiten_frames(rmac, rcfg.rmac_whitening_frames, seed, rcfg.rmac_whitening_dim)
+  sims, timing = {}, {}
+  for method, frame_features in (("GV", features.features["gap"]), ("RMAC+GV", rmac)):
+    dense, seconds = _gv(frame_features, fv, query_rows, num_videos)
+    sims[method] = frame_level.similarity_dict(dense, query_ids, collection.video_ids)
+    timing[method] = seconds
+  lsh = lsh_lib.fit_lsh(seed, rmac.shape[1], config.lsh.nbits, rotate=config.lsh.rotate,
+                        train_thresholds=config.lsh.train_thresholds, train_features=rmac)
+  codes = lsh_lib.encode(rmac, lsh)
+  sims["FRP"], timing["FRP"] = _frp(config, codes, fv, query_rows, query_ids, collection)
+  storage = {"GV": 4 * features.features["gap"].shape[1],
+             "RMAC+GV": 4 * rmac.shape[1],  # After whitening, if any.
+             "FRP": lsh.code_size * frames_per_video}
+  return {m: MethodScores(similarities=sims[m], bytes_per_video=float(storage[m]),
+                          query_ms=1000 * timing[m] / len(query_rows)) for m in METHODS}, lsh

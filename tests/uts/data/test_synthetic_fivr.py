@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vtd.data import synthetic_fivr as sf
+from vtd.uts.data import synthetic_fivr as sf
 from vtd.errors import UserError
 
 SPEC = sf.SMOKE_SPEC

@@ -1,11 +1,11 @@
-"""The generated source-domain image set (vtd/data/synthetic_source_images.py)."""
+"""The generated source-domain image set (vtd/uts/data/synthetic_source_images.py)."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from vtd.data import synthetic_source_images as si
+from vtd.uts.data import synthetic_source_images as si
 from vtd.errors import UserError
 
 SPEC = si.SourceImagesSpec(num_object_classes=6, num_texture_classes=3, train_per_class=12,

@@ -129,9 +129,9 @@ import json
 import numpy as np
 
 from vtd.data import cache
-from vtd.data import fivr
-from vtd.data.synthetic_fivr_render import STREAMS, Camera, World, jitter_style, make_channel
-from vtd.data.synthetic_fivr_render import random_style, stream, upload_edit
+from vtd.uts.data import fivr
+from vtd.uts.data.synthetic_fivr_render import STREAMS, Camera, World, jitter_style, make_channel
+from vtd.uts.data.synthetic_fivr_render import random_style, stream, upload_edit
 from vtd.errors import UserError
 
 VERSION = 2  # Bump when the generator changes: it is part of the cache key.

@@ -1,14 +1,15 @@
-"""Tests for vtd.data.fivr: the annotation.json / youtube_ids.txt readers and writers."""
+"""Tests for vtd.uts.data.fivr: the annotation.json / youtube_ids.txt readers and writers."""
 
 import json
 import os
 
 import pytest
 
-from vtd.data import fivr
+from vtd.uts.data import fivr
 from vtd.errors import UserError
 
-REAL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "fivr200k")
+REAL = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "data",
+                    "fivr200k")
 
 
 def _sums(annotation, dataset=None):

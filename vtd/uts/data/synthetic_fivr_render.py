@@ -1,6 +1,6 @@
 """World, camera and upload-edit rendering of the embedded FIVR-like collection.
 
-The image side of `vtd.data.synthetic_fivr` (whose module docstring describes the generative
+The image side of `vtd.uts.data.synthetic_fivr` (whose module docstring describes the generative
 model): styles, world canvases with their scenes (`World`), cameras filming a scene (`Camera`),
 uploaders' channels (`make_channel`) and the uploader's edit of a video (`upload_edit`). The
 planning of which videos to cut from which footage, the annotation and the files stay in
@@ -18,7 +18,7 @@ from vtd.data.rendering import bezier, fractal_noise, hsv_to_rgb, random_bezier_
 from vtd.data.rendering import render_object, sample_bilinear, sigmoid, smooth_noise
 
 if TYPE_CHECKING:  # Type hints only: synthetic_fivr imports this module.
-  from vtd.data.synthetic_fivr import SyntheticFivrSpec
+  from vtd.uts.data.synthetic_fivr import SyntheticFivrSpec
 
 STREAMS = {"event": 0, "distractor": 1, "channel": 2, "val_event": 3, "stock": 4}  # Second key of the seed sequences.
 _REGIONS = 3
