@@ -414,21 +414,3 @@ def check_graph(config: ml_collections.ConfigDict, graph: Sequence[Stage]) -> No
     if nested:
       raise ValueError(f"stage {stage.name!r} and {nested[0]!r} would nest directories")
     seen.add(stage.name)
-
-
-def run_stage(stage_dir: Any, fn: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
-  """Legacy single-stage runner WITHOUT provenance (a finished stage is always reused).
-
-  Only the segmentation and UTS pipelines still use it, until they move to `run_pipeline`.
-  """
-  stage_dir = epath.Path(stage_dir)
-  if is_done(stage_dir):
-    logging.info("stage %s: finished earlier, reusing", stage_dir.name)
-    return load_result(stage_dir)
-  if jax.process_index() == 0:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-  result = json.loads(json.dumps(fn(str(stage_dir)), default=artifacts.json_default))
-  if jax.process_index() == 0:
-    artifacts.write_json_atomic(stage_dir / DONE_FILE, {"result": result})
-  sharding.sync(f"stage-done-{stage_dir.name}")
-  return result
