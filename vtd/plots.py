@@ -112,6 +112,9 @@ def precision_recall(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndar
       ax.plot(recall, precision, label=label, lw=1.4)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=task)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+  # One legend for all panels (the same rows), beside them, so it never covers a curve.
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.02),
+             ncol=min(len(labels), 6), frameon=False)
   fig.suptitle(title, fontsize=10)
   _save(fig, out)

@@ -55,7 +55,8 @@ def report(workdir: Any, config: ml_collections.ConfigDict, stage_results: Mappi
       models[stage] = evals
   payload = {"method": config.method, "evaluators": described, "models": models,
              "stages": dict(stage_results)}
-  artifacts.write_json_atomic(workdir / RESULTS_FILE, payload)
+  # Unsorted: the rows keep the pipeline's order (teachers before students, Table 1's order).
+  artifacts.write_json_atomic(workdir / RESULTS_FILE, payload, sort_keys=False)
   _to_tensorboard(workdir, config, payload)
   for name in _reported(described):
     print(format_table(payload, name, title=f"{title}: {name} ({workdir})"))

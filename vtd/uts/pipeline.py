@@ -48,6 +48,7 @@ from vtd.uts import pretrain as pretrain_lib
 from vtd.uts import retrieval as retrieval_lib
 from vtd.uts import trainer
 from vtd.uts.data import synthetic_fivr
+from vtd.uts.data.fivr import TASKS
 from vtd.uts.data import synthetic_source_images
 
 # What each stage reads (a change reruns it and what depends on it).
@@ -266,7 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
 def write_pr_plot(report: dict[str, Any], out, *, title: str, evaluator: str = "test") -> None:
   """plots.precision_recall of every "<model>/<method>" row of one evaluator."""
   per_row = results_lib.curves(report, "precision_recall", evaluator)
-  tasks = list(next(iter(per_row.values()))) if per_row else []
+  found = set(next(iter(per_row.values()))) if per_row else set()
+  tasks = [t for t in TASKS if t in found]  # results.json sorts keys; plot in FIVR's order
   plots.precision_recall({task: {row: (c[task]["recall"], c[task]["precision"])
                                  for row, c in per_row.items()} for task in tasks},
                          out, title=title)
