@@ -15,7 +15,7 @@ implementation against the number of vectors.
 
   python bench/lsh_encode.py [--rows 1000000 --dim 512 --nbits 512 --repeats 5]
   python bench/lsh_encode.py --quick
-Goals (issue 09): >= 1.5x NumPy and >= faiss IndexLSH, byte-identical codes.
+Goals: >= 1.5x NumPy and >= faiss IndexLSH, byte-identical codes.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ output, from `qbnorm.dis_t2v_ranks` (vtd's exact comparison) and from a float64 
 
   python bench/qbnorm_dis.py [--peer-path /work/peers/ioanacroi+qb-norm] [--bank 130000]
   python bench/qbnorm_dis.py --quick
-Goals (issue 09): every GT rank equal to qb-norm's, >= 10x qb-norm, >= 2x chunked NumPy,
+Goals: every GT rank equal to qb-norm's, >= 10x qb-norm, >= 2x chunked NumPy,
 extra memory <= 1 GB.
 """
 

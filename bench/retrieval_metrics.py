@@ -20,7 +20,7 @@ NumPy against the number of queries (captions per video --scale-captions at N_v 
 
   python bench/retrieval_metrics.py [--peer-path /work/peers/albanie+collaborative-experts]
   python bench/retrieval_metrics.py --quick      # small sizes, seconds
-Goals (issue 09): >= 1.5x NumPy counting, >= 10x CE, extra memory <= 1/10 of CE's.
+Goals: >= 1.5x NumPy counting, >= 10x CE, extra memory <= 1/10 of CE's.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ does not depend on their training), variants interleaved in one process (median 
 distillation) grow quadratically with the batch, the encoders linearly; the scaling table
 times the student and the cached variant over --scale-batches on 1 and on 8 (forced) CPU
 devices, each device count in its own process.
-Goal (issue 09): cached distillation <= 1.1x the student alone, at the default and 4x batch.
+Goal: cached distillation <= 1.1x the student alone, at the default and 4x batch.
 """
 
 from __future__ import annotations

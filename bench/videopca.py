@@ -26,7 +26,7 @@ places, so its IoU is < 1 by design; reference Addendum).
 
 The scaling tables time vtd and NumPy (and HPP with --peer-scaling) against T at --size and
 against the resolution at T = --clip, and fit the exponent of time vs frames x pixels.
-Goals (issue 09): >= 5x HPP whole-video and in clips; extra memory <= 2x the frames at
+Goals: >= 5x HPP whole-video and in clips; extra memory <= 2x the frames at
 T = 795, 300 px; batching clips never slower than one at a time.
 """
 

@@ -20,3 +20,20 @@ flags.FLAGS.mark_as_parsed()
 # students have the shapes of generation-1 ones), and the suite is compile-bound on CPU.
 jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="vtd-test-jax-cache-"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Each method's tests share session fixtures (one finished tiny run per method, its generated
+# data and pretraining cache), so under pytest-xdist (the README's `-n 2 --dist loadgroup`) a
+# method's tests stay on one worker and those fixtures are built once; the rest spread freely.
+_GROUPED_DIRS = ("teachtext", "segmentation", "uts")
+
+
+def pytest_collection_modifyitems(config, items):
+  root = pathlib.Path(__file__).parent
+  for item in items:
+    parts = pathlib.Path(str(item.fspath)).relative_to(root).parts
+    if len(parts) > 1 and parts[0] in _GROUPED_DIRS:
+      item.add_marker(pytest.mark.xdist_group(parts[0]))

@@ -229,7 +229,7 @@ def test_split_video():
   assert all(b - a <= 256 for a, b in chunks)
 
 
-# --- Exact colour bins of uint8 frames, real frames, bounded memory (issues 06 #9, 09 #3). ---
+# --- Exact colour bins of uint8 frames, real frames, bounded memory. ---
 
 OPENCV_CLIP = "/usr/share/doc/opencv-doc/examples/data/vtest.avi"
 

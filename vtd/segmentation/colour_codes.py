@@ -15,7 +15,7 @@ hues at multiples of 30 degrees where cos / sin are 0, +-1/2 or +-1 (any pixel w
 channels, or one channel midway), values with v (nv - 1) = k + 1/2 up to the eps. Computed in
 float32 -- where `jit` also turns /255, /6 and the normalisation into multiplications by
 rounded reciprocals -- such a pixel lands in either neighbouring bin, and one moved pixel
-changes p(fg | colour) of its whole bin (issue 06 #9 measured mask IoU 0.986 against
+changes p(fg | colour) of its whole bin (measured: mask IoU 0.986 against
 float64 on 64 real frames). Here:
 
 * qv is exact: the number of boundaries k - 1/2 with (2k - 1)(H - L) < 2 (nv - 1)(M - L)

@@ -94,7 +94,7 @@ def test_missing_or_extra_arrays_and_values(tmp_path, ds):
 
 
 def test_damaged_files_are_one_line_errors(tmp_path, ds):
-  """The three damages of issue 05: random bytes, truncated, a zeroed block."""
+  """Three kinds of damage: random bytes, truncated, a zeroed block."""
   good = _saved(tmp_path, ds, "good.npz")
   raw = open(good, "rb").read()
   damaged = {

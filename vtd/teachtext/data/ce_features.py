@@ -38,7 +38,7 @@ Decisions:
 * dtype float16 by default (the release's own ExpertStore dtype); a value beyond float16's range
   is an error asking for float32. Val and test that share a list file share one split object.
 
-Route (issue: "prefer a tfds builder with a manual dir or a grain source"): **in-memory reader +
+Route (a tfds builder with a manual dir, or a grain source, were considered): **in-memory reader +
 vtd's npz cache; no tfds builder, no grain source.** Facts behind it:
 * The sources are a few monolithic pickles: any converter (a tfds `_generate_examples` as well)
   must unpickle each whole file first, so a builder saves neither conversion time nor memory.
