@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -27,15 +26,14 @@ from vtd import train as train_lib
 from vtd.data import augment
 from vtd.errors import UserError
 from vtd.evaluators import common as evaluators_lib
-from vtd.losses import uts as uts_loss
 from vtd.search import lsh as lsh_lib
 from vtd.uts import extract as extract_lib
 from vtd.uts import input_pipeline
+from vtd.uts import losses
 from vtd.uts import models
 from vtd.uts import networks
 from vtd.uts import pretrain as pretrain_lib
 from vtd.uts import retrieval as retrieval_lib
-from vtd.uts import weights
 
 MODEL_DIR = "model"  # A network's artifact (teacher, teacher_random, student).
 TRAIN_SET = "train_set.npz"  # Teacher -> student: the training frames and their targets f*.
@@ -151,23 +149,8 @@ def student_program(config: ml_collections.ConfigDict, frames: np.ndarray, targe
                     ) -> train_lib.Program:
   """Eq. 8 on batches of (frame, teacher feature); augmentation on device from the step key."""
   student = networks.build_student(config)
-  aug_cfg = augment.AugmentConfig.from_config(config.augment)
-  lcfg = config.loss
-
-  def loss_fn(params, batch_stats, batch, frozen, rng):
-    del frozen
-    clean = batch["image"].astype(jnp.float32) / 255.0
-    augmented = augment.augment(rng, clean, aug_cfg)
-    n = clean.shape[0]
-    # One pass over both views: BatchNorm normalises them with shared batch statistics.
-    both = weights.imagenet_normalize(jnp.concatenate([augmented, clean]))
-    feats, updates = student.apply({"params": params, "batch_stats": batch_stats}, both,
-                                   train=True, mutable=["batch_stats"])
-    loss, terms = uts_loss.uts_loss(
-        feats[:n], feats[n:], batch["teacher"], tuple(lcfg.lambdas), lcfg.alpha, lcfg.beta,
-        lcfg.band_sort == "descending", band_scope=lcfg.band_scope,
-        num_groups=mesh.devices.size)
-    return loss, (terms, updates["batch_stats"])
+  loss_fn = losses.make_loss_fn(student, config.loss, augment.AugmentConfig.from_config(
+      config.augment), num_groups=mesh.devices.size)
 
   batch = config.train.batch_size
   return train_lib.Program(
