@@ -189,6 +189,10 @@ GEN2 = {"gen2/selection", "gen2/lowres_net", "gen2/fconv", "gen2/multinet", "ove
     # The selection rule's parameters reach generation 2 only, and only the active rule's.
     ({"evalseg.keep_fraction": 0.3}, GEN2),
     ({"evalseg.threshold": 0.5}, set()),  # Unused by the default top_fraction rule.
+    # How kept masks become targets: generation 2 onwards; the threshold only when read.
+    ({"evalseg.target_rule": "binary"}, GEN2),
+    ({"evalseg.target_threshold": 0.3, "evalseg.target_rule": "gated"}, GEN2),
+    ({"evalseg.target_threshold": 0.3, "evalseg.target_rule": "soft"}, set()),
     ({"evalseg.selection": "threshold", "evalseg.threshold": 0.5}, GEN2),
     # Multi-Net's combination feeds EvalSeg-Net and the next generation, not the students.
     ({"multinet.combine": "geometric_mean"}, {"gen1/multinet", "gen1/evalseg"} | GEN2),
@@ -271,6 +275,9 @@ def _mesh8():
     ("evalseg.selection", "best", "config.evalseg.selection must be one of threshold, "
      "top_fraction; got 'best'"),
     ("evalseg.scope", "all", "config.evalseg.scope must be one of global, per_video"),
+    ("evalseg.target_rule", "sharp", "config.evalseg.target_rule must be one of soft, gated, "
+     "binary; got 'sharp'"),
+    ("evalseg.target_threshold", 1.0, r"config.evalseg.target_threshold=1.0 must be in \[0, 1\)"),
     ("multinet.combine", "sum", "config.multinet.combine must be one of product, "
      "geometric_mean; got 'sum'"),
     ("multinet.normalisation", "none", "config.multinet.normalisation must be one of minmax"),
