@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import segmentation as seg_config
+from tests.stage_log import stage_actions
 from vtd import export as export_lib
 from vtd import evaluate as evaluate_lib
 from vtd import main as vtd_main
@@ -100,18 +101,6 @@ def test_stages_results_and_overlays(finished_run, capsys):
   assert "| gen2/multinet |" in out and "| model | P | J | CorLoc |" in out
 
 
-def _actions(caplog):
-  """{stage: 'reusing' | 're-evaluating' | 'rerunning' | 'running'} from the stage lines."""
-  out = {}
-  for r in caplog.records:
-    msg = r.getMessage()
-    if msg.startswith("stage ") and ": " in msg:
-      name = msg.split(" ")[2]
-      for word in ("reusing", "re-evaluating", "rerunning", "resuming", "running"):
-        if word in msg.rsplit(": ", 1)[-1] or msg.endswith(word):
-          out[name] = word
-          break
-  return out
 
 
 def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_path, caplog):
@@ -123,12 +112,12 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   config = tiny_config(workdir.parent)
   config.train.log_every_steps = 3
   assert vtd_main.run(config, str(work)) == results
-  assert set(_actions(caplog).values()) == {"reusing"}
+  assert set(stage_actions(caplog).values()) == {"reusing"}
   # An evaluation-only key: every model is re-evaluated, nothing is retrained or reselected.
   caplog.clear()
   config.evals.test.bin_threshold = 0.3
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {s: "re-evaluating" if s in EVALUATED else "reusing"
+  assert stage_actions(caplog) == {s: "re-evaluating" if s in EVALUATED else "reusing"
                               for s in STAGES}
   assert again["gen2/fconv"]["step"] == results["gen2/fconv"]["step"]
   assert again["gen2/selection"] == results["gen2/selection"]
@@ -138,7 +127,7 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   config.evalseg.keep_fraction = 0.3
   again = vtd_main.run(config, str(work))
   gen2 = {"gen2/selection", "gen2/lowres_net", "gen2/fconv", "gen2/multinet", "overlays"}
-  assert _actions(caplog) == {s: "rerunning" if s in gen2 else "reusing" for s in STAGES}
+  assert stage_actions(caplog) == {s: "rerunning" if s in gen2 else "reusing" for s in STAGES}
   (stamp,) = os.listdir(work / "superseded")
   assert sorted(os.listdir(work / "superseded" / stamp)) == ["gen2", "overlays"]
   assert again["gen2/selection"]["num_pairs"] != results["gen2/selection"]["num_pairs"]
