@@ -162,6 +162,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evalseg.keep_fraction = 0.10
   # Ranking scope of top_fraction: global | per_video (not in the papers).
   config.evalseg.scope = "global"
+  # A kept mask (normalised as multinet.normalisation) -> the next generation's target:
+  # soft (as it is: the public code's byte-scaled PNG) | gated (values <= target_threshold
+  # set to 0, the shape of VideoPCA's masks) | binary (> target_threshold). Not from the
+  # papers; chosen on val (docs/segmentation.md §5).
+  config.evalseg.target_rule = "soft"
+  config.evalseg.target_threshold = 0.5
 
   # Generic loop (vtd/train.py) of every network: unsupervised, so no validation during
   # training and the last step is kept. Batch sizes and step counts are per network

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import segmentation as seg_config
+from tests.stage_log import stage_actions
 from vtd import artifacts
 from vtd import export as export_lib
 from vtd import evaluate as evaluate_lib
@@ -115,20 +116,6 @@ def test_stages_results_and_overlays(finished_run, capsys):
   assert "| gen1/evalseg |" in out
 
 
-def _actions(caplog):
-  """{stage: 'reusing' | 're-evaluating' | 'rerunning' | 'running'} from the stage lines."""
-  out = {}
-  for r in caplog.records:
-    msg = r.getMessage()
-    if msg.startswith("stage ") and ": " in msg:
-      name = msg.split(" ")[2]
-      for word in ("reusing", "re-evaluating", "rerunning", "resuming", "running"):
-        if word in msg.rsplit(": ", 1)[-1] or msg.endswith(word):
-          out[name] = word
-          break
-  return out
-
-
 def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_path, caplog):
   caplog.set_level(logging.INFO, logger="absl")
   _, workdir, results = finished_run
@@ -138,12 +125,12 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   config = tiny_config(workdir.parent)
   config.train.log_every_steps = 3
   assert vtd_main.run(config, str(work)) == results
-  assert set(_actions(caplog).values()) == {"reusing"}
+  assert set(stage_actions(caplog).values()) == {"reusing"}
   # An evaluation-only key: every model is re-evaluated, nothing is retrained or reselected.
   caplog.clear()
   config.evals.test.bin_threshold = 0.3
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {s: "re-evaluating" if s in EVALUATED else "reusing"
+  assert stage_actions(caplog) == {s: "re-evaluating" if s in EVALUATED else "reusing"
                               for s in STAGES}
   assert again["gen2/fconv"]["step"] == results["gen2/fconv"]["step"]
   assert again["gen2/selection"] == results["gen2/selection"]
@@ -153,7 +140,7 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   config.evalseg.keep_fraction = 0.3
   again = vtd_main.run(config, str(work))
   gen2 = {"gen2/selection", "gen2/lowres_net", "gen2/fconv", "gen2/multinet", "overlays"}
-  assert _actions(caplog) == {s: "rerunning" if s in gen2 else "reusing" for s in STAGES}
+  assert stage_actions(caplog) == {s: "rerunning" if s in gen2 else "reusing" for s in STAGES}
   (stamp,) = os.listdir(work / "superseded")
   assert sorted(os.listdir(work / "superseded" / stamp)) == ["gen2", "overlays"]
   assert again["gen2/selection"]["num_pairs"] != results["gen2/selection"]["num_pairs"]
@@ -204,6 +191,10 @@ GEN2 = {"gen2/selection", "gen2/lowres_net", "gen2/fconv", "gen2/multinet", "ove
     # The selection rule's parameters reach generation 2 only, and only the active rule's.
     ({"evalseg.keep_fraction": 0.3}, GEN2),
     ({"evalseg.threshold": 0.5}, set()),  # Unused by the default top_fraction rule.
+    # How kept masks become targets: generation 2 onwards; the threshold only when read.
+    ({"evalseg.target_rule": "binary"}, GEN2),
+    ({"evalseg.target_threshold": 0.3, "evalseg.target_rule": "gated"}, GEN2),
+    ({"evalseg.target_threshold": 0.3, "evalseg.target_rule": "soft"}, set()),
     ({"evalseg.selection": "threshold", "evalseg.threshold": 0.5}, GEN2),
     # Multi-Net's combination feeds EvalSeg-Net and the next generation, not the students.
     ({"multinet.combine": "geometric_mean"}, {"gen1/multinet", "gen1/evalseg"} | GEN2),
@@ -326,6 +317,9 @@ def _mesh8():
     ("evalseg.selection", "best", "config.evalseg.selection must be one of threshold, "
      "top_fraction; got 'best'"),
     ("evalseg.scope", "all", "config.evalseg.scope must be one of global, per_video"),
+    ("evalseg.target_rule", "sharp", "config.evalseg.target_rule must be one of soft, gated, "
+     "binary; got 'sharp'"),
+    ("evalseg.target_threshold", 1.0, r"config.evalseg.target_threshold=1.0 must be in \[0, 1\)"),
     ("multinet.combine", "sum", "config.multinet.combine must be one of product, "
      "geometric_mean; got 'sum'"),
     ("multinet.normalisation", "none", "config.multinet.normalisation must be one of minmax"),

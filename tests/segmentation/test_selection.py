@@ -39,6 +39,19 @@ def test_normalise_rules():
   assert not selection.normalise(flat, "minmax").any()
 
 
+def test_next_targets_rules():
+  masks = np.array([[[0.0, 0.2], [0.5, 0.9]]], np.float32)
+  np.testing.assert_array_equal(selection.next_targets(masks, "soft", 0.5), masks)
+  # Gated: at or below the threshold becomes exactly 0 (like VideoPCA's gated masks).
+  np.testing.assert_allclose(selection.next_targets(masks, "gated", 0.5), [[[0, 0], [0, 0.9]]])
+  np.testing.assert_allclose(selection.next_targets(masks, "gated", 0.1),
+                             [[[0, 0.2], [0.5, 0.9]]])
+  np.testing.assert_array_equal(selection.next_targets(masks, "binary", 0.3), [[[0, 0], [1, 1]]])
+  assert selection.next_targets(masks, "binary", 0.3).dtype == np.float32
+  with pytest.raises(UserError, match="config.evalseg.target_rule must be one of"):
+    selection.next_targets(masks, "sharp", 0.5)
+
+
 def test_student_scale_is_a_quantile_of_per_image_peaks():
   raw = np.zeros((5, 2, 2), np.float32)
   raw[:, 0, 0] = [0.1, 0.2, 0.3, 0.4, 0.5]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import teachtext as teachtext_config
+from tests.stage_log import stage_actions
 from vtd import artifacts
 from vtd import export as export_lib
 from vtd import evaluate as evaluate_lib
@@ -142,18 +143,6 @@ def test_embedding_dim_mismatch_is_an_error(finished_run, tmp_path):
     vtd_main.run(config, str(tmp_path / "run"))
 
 
-def _actions(caplog):
-  """{stage: 'reusing' | 're-evaluating' | 'rerunning' | 'running'} from the stage log lines."""
-  out = {}
-  for r in caplog.records:
-    msg = r.getMessage()
-    if msg.startswith("stage ") and ": " in msg:
-      name = msg.split(" ")[2]
-      for word in ("reusing", "re-evaluating", "rerunning", "running", "resuming"):
-        if word in msg.rsplit(": ", 1)[-1] or msg.endswith(word):
-          out[name] = word
-          break
-  return out
 
 
 def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_path, caplog):
@@ -167,12 +156,12 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   config = tiny_config(tmp_path)
   config.train.log_every_steps = 3
   assert vtd_main.run(config, str(work)) == results
-  assert set(_actions(caplog).values()) == {"reusing"}
+  assert set(stage_actions(caplog).values()) == {"reusing"}
   # An evaluation-only key: every trained model is re-evaluated, nothing retrained.
   caplog.clear()
   config.evals.qbnorm.enabled = True
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {m: "re-evaluating" for m in MODELS + ["teacher_ensemble"]}
+  assert stage_actions(caplog) == {m: "re-evaluating" for m in MODELS + ["teacher_ensemble"]}
   assert "qbnorm" in again["student_teachtext"]["evals"]
   assert again["student_teachtext"]["step"] == results["student_teachtext"]["step"]
   assert not (work / "superseded").exists()
@@ -180,7 +169,7 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   caplog.clear()
   config.distill.weight = 2.0
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {**{m: "reusing" for m in MODELS if m != "student_teachtext"},
+  assert stage_actions(caplog) == {**{m: "reusing" for m in MODELS if m != "student_teachtext"},
                               "teacher_ensemble": "reusing", "student_teachtext": "rerunning"}
   assert again["student_teachtext"]["distill_weight"] == 2.0
   (stamp,) = os.listdir(work / "superseded")

@@ -14,6 +14,7 @@ import pytest
 from configs import uts as uts_config
 from tests.uts import extract_worker
 from tests.uts.conftest import tiny_config
+from tests.stage_log import stage_actions
 from vtd import artifacts
 from vtd import evaluate as evaluate_lib
 from vtd import export as export_lib
@@ -99,18 +100,6 @@ def test_one_teacher_pass_gives_targets_and_retrieval_features(finished_run):
     np.testing.assert_allclose(z["targets"], feats.features["gap"], rtol=1e-5, atol=1e-5)
 
 
-def _actions(caplog):
-  """{stage: 'reusing' | 're-evaluating' | 'rerunning' | 'running'} from the stage log lines."""
-  out = {}
-  for r in caplog.records:
-    msg = r.getMessage()
-    if msg.startswith("stage ") and ": " in msg:
-      name = msg.split(" ")[2]
-      for word in ("reusing", "re-evaluating", "rerunning", "resuming", "running"):
-        if word in msg.rsplit(": ", 1)[-1]:
-          out[name] = word
-          break
-  return out
 
 
 def _plan(config, changed):
@@ -185,11 +174,11 @@ def test_changed_keys_on_a_finished_run(finished_run, tmp_path, caplog):
   config = tiny_config(config.data.cache_dir)
   config.train.log_every_steps = 7  # Cannot change a result: everything is reused.
   assert vtd_main.run(config, str(work)) == results
-  assert set(_actions(caplog).values()) == {"reusing"}
+  assert set(stage_actions(caplog).values()) == {"reusing"}
   caplog.clear()
   config.lsh.nbits = 64
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {**{n: "reusing" for n in STAGES}, "retrieval": "rerunning"}
+  assert stage_actions(caplog) == {**{n: "reusing" for n in STAGES}, "retrieval": "rerunning"}
   assert again["student/FRP"]["evals"]["test"]["bytes_per_video"] == pytest.approx(
       results["student/FRP"]["evals"]["test"]["bytes_per_video"] / 2)
   for split in ("test", "val"):  # GV does not use the codes.
@@ -201,13 +190,13 @@ def test_changed_keys_on_a_finished_run(finished_run, tmp_path, caplog):
   caplog.clear()
   config.evals.test.pr_points = 11
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {**{n: "reusing" for n in STAGES}, "retrieval": "re-evaluating"}
+  assert stage_actions(caplog) == {**{n: "reusing" for n in STAGES}, "retrieval": "re-evaluating"}
   assert len(again["student/GV"]["eval_curves"]["test"]["precision_recall"]["CSVR"][
       "recall"]) == 11
   caplog.clear()
   config.seed = 1  # Read by the student (init, data order) and retrieval, not the teacher.
   again = vtd_main.run(config, str(work))
-  assert _actions(caplog) == {"pretrain": "reusing", "teacher": "reusing",
+  assert stage_actions(caplog) == {"pretrain": "reusing", "teacher": "reusing",
                               "features/teacher": "reusing", "student": "rerunning",
                               "features/student": "rerunning", "retrieval": "rerunning"}
   assert again["teacher/GV"]["evals"]["test"]["DSVR"] == results["teacher/GV"]["evals"][

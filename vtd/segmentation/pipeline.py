@@ -90,6 +90,11 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
   config_lib.check_choice(config.selection.scope, selection.SCOPES, "selection.scope")
   config_lib.check_choice(config.evalseg.selection, selection.SELECTIONS, "evalseg.selection")
   config_lib.check_choice(config.evalseg.scope, selection.SCOPES, "evalseg.scope")
+  config_lib.check_choice(config.evalseg.target_rule, selection.TARGET_RULES,
+                          "evalseg.target_rule")
+  if not 0 <= config.evalseg.target_threshold < 1:
+    raise UserError(f"config.evalseg.target_threshold={config.evalseg.target_threshold} must "
+                    "be in [0, 1): kept masks are in [0, 1]")
   config_lib.check_choice(config.multinet.combine, selection.COMBINES, "multinet.combine")
   config_lib.check_choice(config.multinet.normalisation, selection.NORMALISATIONS,
                           "multinet.normalisation")
@@ -153,7 +158,9 @@ def _multinet_keys(config) -> tuple[str, ...]:
 
 
 def _next_selection_keys(config) -> tuple[str, ...]:
-  keys = ("evalseg.selection", "student_training.batch_size")
+  keys = ("evalseg.selection", "student_training.batch_size", "evalseg.target_rule")
+  if config.evalseg.target_rule != "soft":
+    keys += ("evalseg.target_threshold",)
   if config.evalseg.selection == "threshold":
     return keys + ("evalseg.threshold",)
   return keys + ("evalseg.keep_fraction", "evalseg.scope")

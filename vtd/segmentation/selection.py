@@ -19,7 +19,10 @@ docs/segmentation.md).
 * **Generation >= 2** (§3.2): keep the candidate masks whose EvalSeg-Net score is >= a
   threshold (the public README: 80 of 100) or the top `keep_fraction`, globally or within each
   video; each kept mask becomes a label of its frame, so a frame can contribute one pair per
-  student.
+  student. How a kept [0, 1] mask becomes a target (`next_targets`): as it is ("soft", the
+  public code's byte-scaled PNG), or with everything below a threshold set to exactly 0
+  ("gated", the shape of VideoPCA's hysteresis-gated teacher masks) or binarised ("binary");
+  not from the papers (docs/segmentation.md measures why it matters at CPU size).
 
 Shapes: F frames, S students, [*, s, s] masks at the working size.
 """
@@ -36,6 +39,7 @@ NORMALISATIONS = ("minmax", "div_scale_clip", "student_scale")
 SELECTIONS = ("threshold", "top_fraction")
 COMBINES = ("product", "geometric_mean")
 SCOPES = ("global", "per_video")
+TARGET_RULES = ("soft", "gated", "binary")
 
 
 # ----------------------------------------------------------------------------- scores, masks
@@ -121,6 +125,23 @@ def normalise(raw: np.ndarray, rule: str, scale: float | None = None) -> np.ndar
       raise ValueError("normalise(rule='student_scale') needs the student's scale")
     return np.clip(raw / scale, 0.0, 1.0)
   raise UserError(f"config.multinet.normalisation must be one of {NORMALISATIONS}, got {rule!r}")
+
+
+def next_targets(masks: np.ndarray, rule: str, threshold: float) -> np.ndarray:
+  """Kept [0, 1] masks [N, s, s] -> the next generation's targets [N, s, s] in [0, 1].
+
+  "soft": unchanged. "gated": values <= `threshold` become exactly 0, the rest keep their
+  soft value (like VideoPCA's masks, zero outside the kept components). "binary": 1 above
+  `threshold`, else 0.
+  """
+  masks = np.asarray(masks, np.float32)
+  if rule == "soft":
+    return masks
+  if rule == "gated":
+    return np.where(masks > threshold, masks, 0.0).astype(np.float32)
+  if rule == "binary":
+    return (masks > threshold).astype(np.float32)
+  raise UserError(f"config.evalseg.target_rule must be one of {TARGET_RULES}, got {rule!r}")
 
 
 def multinet(masks: list[np.ndarray], combine: str = "product") -> np.ndarray:

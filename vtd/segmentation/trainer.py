@@ -220,8 +220,8 @@ def run_next_selection(ctx: stages.StageContext, *, student_stages: Sequence[str
   per_student = selection.kept_per_student(cand, chosen, names)
   logging.info("%s: EvalSeg-Net kept %d of %d student masks (%s)", ctx.name, chosen.size,
                scored["scores"].size, ", ".join(f"{n} {k}" for n, k in per_student.items()))
-  return {"pairs": _save_pairs(ctx, frame_ids, frames_lib.resize_masks(cand.masks[chosen],
-                                                                        (a, a))),
+  targets = selection.next_targets(cand.masks[chosen], ecfg.target_rule, ecfg.target_threshold)
+  return {"pairs": _save_pairs(ctx, frame_ids, frames_lib.resize_masks(targets, (a, a))),
           "num_pairs": int(chosen.size), "kept_per_student": per_student,
           "selection": {"all": _quality(cand.masks, None if gt is None else gt[cand.frame_of]),
                         "kept": _quality(cand.masks[chosen],

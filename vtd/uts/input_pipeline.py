@@ -183,21 +183,31 @@ def sample_training_frames(collection: VideoCollection, max_frames: int, seed: i
   return (frames[:max_frames] if max_frames else frames), skipped
 
 
-def training_iterator(frames: np.ndarray, targets: np.ndarray, batch_size: int, seed: int
-                      ) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite, checkpointable grain stream of {'image': uint8 [b, S, S, 3], 'teacher': [b, D]}.
+def shuffled_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int, *,
+                     rows_name: str, batch_key: str) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite, checkpointable grain stream of {key: rows of arrays[key]}: shuffled, repeated,
+  batches of `batch_size` rows (a shuffle per epoch, seeded by `seed`).
 
-  Each process yields its rows of every global batch (`sharding.process_slice`); augmentation
-  happens on device inside the step (vtd/data/augment.py).
+  Each process yields its rows of every global batch (`sharding.process_slice`). `rows_name`
+  and `batch_key` name the rows and the config key in the error for too few rows.
   """
-  if len(frames) < batch_size:
-    raise UserError(f"{len(frames)} training frames < train.batch_size {batch_size}")
+  n = len(next(iter(arrays.values())))
+  if n < batch_size:
+    raise UserError(f"{n} {rows_name} < {batch_key} {batch_size}")
   rows = sharding.process_slice(batch_size)
 
   def gather(indices):
     indices = indices[rows]
-    return {"image": frames[indices], "teacher": targets[indices]}
+    return {key: value[indices] for key, value in arrays.items()}
 
-  ds = (grain.MapDataset.range(len(frames)).seed(seed).shuffle().repeat()
+  ds = (grain.MapDataset.range(n).seed(seed).shuffle().repeat()
         .batch(batch_size, drop_remainder=True).map(gather))
   return iter(ds.to_iter_dataset())
+
+
+def training_iterator(frames: np.ndarray, targets: np.ndarray, batch_size: int, seed: int
+                      ) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite, checkpointable grain stream of {'image': uint8 [b, S, S, 3], 'teacher': [b, D]};
+  augmentation happens on device inside the step (vtd/data/augment.py)."""
+  return shuffled_batches({"image": frames, "teacher": targets}, batch_size, seed,
+                          rows_name="training frames", batch_key="train.batch_size")

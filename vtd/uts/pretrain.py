@@ -25,10 +25,9 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -44,6 +43,7 @@ from vtd import train as train_lib
 from vtd.data import augment
 from vtd.uts.data import synthetic_source_images as source_lib
 from vtd.errors import UserError
+from vtd.uts import input_pipeline
 from vtd.uts import models
 from vtd.uts import weights
 
@@ -111,22 +111,6 @@ def _input(images: jax.Array, size: int) -> jax.Array:
   return x
 
 
-def _iterator(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
-              ) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite, checkpointable grain stream of {'image': uint8 [b, S, S, 3], 'label': [b]}."""
-  if len(images) < batch_size:
-    raise UserError(f"{len(images)} source images < pretrain.train.batch_size {batch_size}")
-  rows = sharding.process_slice(batch_size)
-
-  def gather(indices):
-    indices = indices[rows]
-    return {"image": images[indices], "label": labels[indices]}
-
-  ds = (grain.MapDataset.range(len(images)).seed(seed).shuffle().repeat()
-        .batch(batch_size, drop_remainder=True).map(gather))
-  return iter(ds.to_iter_dataset())
-
-
 def _program(config: ml_collections.ConfigDict, data: source_lib.SourceImages, mesh, arch: str
              ) -> train_lib.Program:
   pcfg = config.pretrain
@@ -160,8 +144,9 @@ def _program(config: ml_collections.ConfigDict, data: source_lib.SourceImages, m
       name=f"pretrain_{arch}", init_variables=init, loss_fn=loss_fn,
       optimizer=optim.create_optimizer(
           pcfg.optim, steps_per_epoch=-(-len(data.train_images) // pcfg.train.batch_size)),
-      train_iter=_iterator(data.train_images, data.train_labels, pcfg.train.batch_size,
-                           pcfg.seed),
+      train_iter=input_pipeline.shuffled_batches(
+          {"image": data.train_images, "label": data.train_labels}, pcfg.train.batch_size,
+          pcfg.seed, rows_name="source images", batch_key="pretrain.train.batch_size"),
       num_steps=pcfg.train.num_steps, evaluate=evaluate)
 
 
