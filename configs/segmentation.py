@@ -200,6 +200,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           box_rule="largest_cc", grabcut=False)
   config.evals.test = dict(type="segmentation", split="test", bin_threshold=0.5,
                            box_rule="largest_cc", grabcut=False)
+  # Mask-scoring quality of every EvalSeg-Net (vtd/evaluators/mask_scoring.py, type
+  # "mask_scoring"): it scores every student's mask of the held-out images of `split`; reported
+  # are the rank / linear correlation of its score with each mask's true J, and the J of the
+  # best-scored keep_fraction of the masks vs all masks and vs the keep_fraction with the best
+  # J. keep_fraction: 0.10 = evalseg.keep_fraction's default; bin_threshold as above.
+  config.evals.scoring_val = dict(type="mask_scoring", split="val", keep_fraction=0.10,
+                                  bin_threshold=0.5)
+  config.evals.scoring_test = dict(type="mask_scoring", split="test", keep_fraction=0.10,
+                                   bin_threshold=0.5)
 
   config.overlays = ml_collections.ConfigDict()
   # Held-out images (rows) of the PNG overlays written to <workdir>/overlays (one row per

@@ -59,3 +59,41 @@ def test_missing_file_and_mixed_methods(tmp_path, capsys):
   with pytest.raises(SystemExit):
     results.main([_write(tmp_path, "a.json"), _write(tmp_path, "b.json", method="uts")])
   assert "different methods (teachtext, uts)" in capsys.readouterr().err
+
+
+def _segmentation_payload(tmp_path, name, rho):
+  """A segmentation results.json: P / J of the students, mask scoring of EvalSeg-Net."""
+  evaluators = {
+      "test": {"type": "segmentation", "split": "test", "columns": ["P", "J"],
+               "headers": ["P", "J"]},
+      "scoring_test": {"type": "mask_scoring", "split": "test",
+                       "columns": ["score_vs_J/spearman", "J/all", "J/kept"],
+                       "headers": ["Spearman(score, J)", "J all", "J kept"],
+                       "formats": {"score_vs_J/spearman": ".2f"}}}
+  payload = {"method": "segmentation", "evaluators": evaluators,
+             "models": {"gen1/fconv": {"test": {"P": 80.0, "J": 40.0}},
+                        "gen1/evalseg": {"scoring_test": {"score_vs_J/spearman": rho,
+                                                          "J/all": 40.0, "J/kept": 55.0}}},
+             "stages": {}}
+  path = tmp_path / name
+  path.write_text(json.dumps(payload))
+  return str(path)
+
+
+def test_evaluator_formats_and_rows_of_different_evaluators(tmp_path, capsys):
+  paths = [_segmentation_payload(tmp_path, f"{s}.json", rho) for s, rho in
+           enumerate([0.41, 0.45])]
+  results.main(paths)
+  out = capsys.readouterr().out
+  assert "| gen1/fconv | 80.0 ± 0.0 | 40.0 ± 0.0 |" in out  # The default: one decimal.
+  assert "| model | Spearman(score, J) | J all | J kept |" in out
+  assert "| gen1/evalseg | 0.43 ± 0.03 | 40.0 ± 0.0 | 55.0 ± 0.0 |" in out
+  # A row of one evaluator only: the other evaluator's table is left out, not an error.
+  results.main(["--models=gen1/evalseg", *paths])
+  out = capsys.readouterr().out
+  assert "gen1/evalseg" in out and "| model | P | J |" not in out
+  with pytest.raises(SystemExit):
+    results.main(["--models=gen2/fconv", *paths])
+  assert capsys.readouterr().err.strip().endswith(
+      "error: no model ['gen2/fconv'] with 'test' / 'scoring_test' metrics (have "
+      "['gen1/evalseg', 'gen1/fconv'])")

@@ -3,8 +3,9 @@ r"""Evaluate an exported model on a split, without any training code or state.
   python -m vtd.export --workdir=runs/tt --model=student_teachtext --out=exports/tt_student
   python -m vtd.evaluate --artifact=exports/tt_student --split=test --output=metrics.json
 
-Runs the evaluators of the artifact's own config (`config.evals`, all but `val`), pointed at
-`--split`. The data are those the artifact's config names (the embedded dataset is regenerated
+Runs the evaluators of the artifact's own config (`config.evals`, all but `val`) that score
+its kind of model (segmentation: P / J / CorLoc of a mask predictor, mask-scoring quality of
+EvalSeg-Net), pointed at `--split`. The data are those the artifact's config names (the embedded dataset is regenerated
 deterministically); `--data_path` points a model trained on files at another copy of them.
 """
 
@@ -42,6 +43,12 @@ def evaluate_artifact(artifact_dir: str, split: str, data_path: str | None = Non
   # A method may score one artifact as several rows (UTS: {retrieval method: model}).
   models = ({f"{name}/{k}": m for k, m in model.items()} if isinstance(model, Mapping)
             else {name: model})
+  evaluators = {n: e for n, e in evaluators.items()
+                if any(evaluators_lib.accepts(e, m) for m in models.values())}
+  if not evaluators:
+    raise UserError(f"{artifact_dir}: none of the evaluators of its config.evals scores a "
+                    f"{metadata.get('kind') or method} model; re-export it from a workdir of "
+                    "this vtd")
   rows = {row: evaluators_lib.to_json(evaluators_lib.run_all(evaluators, m, context))
           for row, m in models.items()}
   out = {"artifact": artifact_dir, "model_name": name, "split": split,

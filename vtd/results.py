@@ -121,8 +121,10 @@ def _columns(described: Mapping[str, Any], prefixes: Sequence[str]) -> list[tupl
 def format_aggregate(values: Mapping[str, Mapping[str, Sequence[float]]],
                      described: Mapping[str, Any], *, title: str = "",
                      models: Sequence[str] | None = None, prefixes: Sequence[str] = ()) -> str:
-  """values[model][column] = per-run list -> markdown table of mean (± std)."""
+  """values[model][column] = per-run list -> markdown table of mean (± std), each column in
+  its evaluator's format (`described["formats"]`, default one decimal)."""
   columns = _columns(described, prefixes)
+  formats = described.get("formats", {})
   lines = ([title, ""] if title else []) + [
       "| model | " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * (len(columns) + 1)]
   for model in (models or list(values)):
@@ -132,8 +134,9 @@ def format_aggregate(values: Mapping[str, Mapping[str, Sequence[float]]],
     cells = []
     for c, _ in columns:
       xs = np.asarray(cols.get(c, []), float)
-      cells.append("-" if xs.size == 0 else f"{xs[0]:.1f}" if xs.size == 1
-                   else f"{xs.mean():.1f} ± {xs.std(ddof=1):.1f}")
+      spec = formats.get(c, ".1f")
+      cells.append("-" if xs.size == 0 else f"{xs[0]:{spec}}" if xs.size == 1
+                   else f"{xs.mean():{spec}} ± {xs.std(ddof=1):{spec}}")
     lines.append(f"| {model} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -193,11 +196,18 @@ def main(argv: Sequence[str] | None = None) -> None:
   if set(prefixes) - groups:
     parser.error(f"no metric group {sorted(set(prefixes) - groups)} (have {sorted(groups)})")
   models = [m.strip() for m in args.models.split(",") if m.strip()] or None
-  for name in names:
-    values = collect(payloads, name)
-    missing = [m for m in models or [] if m not in values]
-    if missing:
-      parser.error(f"no model {missing} with {name!r} metrics (have {sorted(values)})")
+  # Evaluators may score different models (segmentation: P / J of the mask predictors,
+  # mask-scoring quality of EvalSeg-Net): a requested row must be in one of them, and a table
+  # without any requested row or column is left out.
+  per_eval = {name: collect(payloads, name) for name in names}
+  have = sorted({m for values in per_eval.values() for m in values})
+  missing = [m for m in models or [] if m not in have]
+  if missing:
+    parser.error(f"no model {missing} with {' / '.join(repr(n) for n in names)} metrics "
+                 f"(have {have})")
+  for name, values in per_eval.items():
+    if not _columns(described[name], prefixes) or (models and not set(models) & set(values)):
+      continue
     print(format_aggregate(values, described[name], models=models, prefixes=prefixes,
                            title=f"{name} ({described[name].get('split', '')}), mean ± std "
                                  f"over {len(payloads)} run(s)"))

@@ -14,6 +14,7 @@ import pytest
 
 from configs import segmentation as seg_config
 from tests.stage_log import stage_actions
+from vtd import artifacts
 from vtd import export as export_lib
 from vtd import evaluate as evaluate_lib
 from vtd import main as vtd_main
@@ -32,7 +33,8 @@ STAGES = ["teacher", "gen1/selection", "gen1/lowres_net", "gen1/fconv", "gen1/mu
           "overlays"]
 MODELS = ["teacher", "gen1/lowres_net", "gen1/fconv", "gen1/multinet", "gen2/lowres_net",
           "gen2/fconv", "gen2/multinet"]
-EVALUATED = MODELS + ["overlays"]
+EVALUATED = MODELS + ["overlays"]  # What a change to a segmentation evaluator re-evaluates.
+SCORERS = ["gen1/evalseg"]  # Scored by the mask_scoring evaluators.
 
 
 def test_teacher_batching_equals_per_video():
@@ -73,13 +75,24 @@ def test_stages_results_and_overlays(finished_run, capsys):
   with open(workdir / "results.json") as f:
     on_disk = json.load(f)
   assert on_disk["method"] == "segmentation"
-  assert sorted(on_disk["evaluators"]) == ["test", "val"]
+  assert sorted(on_disk["evaluators"]) == ["scoring_test", "scoring_val", "test", "val"]
   assert on_disk["evaluators"]["test"]["columns"] == ["P", "J", "CorLoc"]
-  assert sorted(on_disk["models"]) == sorted(MODELS)
+  assert sorted(on_disk["models"]) == sorted(MODELS + SCORERS)
   for name in MODELS:
+    assert sorted(on_disk["models"][name]) == ["test", "val"]
     for split in ("val", "test"):  # Both held-out splits are scored, separately.
       row = on_disk["models"][name][split]
       assert set(row) == {"P", "J", "CorLoc"} and all(0 <= v <= 100 for v in row.values())
+  # EvalSeg-Net scores both students' masks of the held-out images (2 videos x 6 images).
+  assert sorted(on_disk["models"]["gen1/evalseg"]) == ["scoring_test", "scoring_val"]
+  for split in ("val", "test"):
+    row = on_disk["models"]["gen1/evalseg"][f"scoring_{split}"]
+    assert list(row) == on_disk["evaluators"]["scoring_test"]["columns"]
+    assert all(-1 <= row[c] <= 1 for c in row if c.startswith("score_vs_"))
+    assert 0 <= row["J/all"] <= row["J/best"] <= 100 and 0 <= row["J/kept"] <= row["J/best"]
+    info = results["gen1/evalseg"]["eval_info"][f"scoring_{split}"]
+    assert info["candidates"] == 2 * 12 and info["kept"] == round(0.1 * 24)
+  assert results["gen1/evalseg"]["artifact"] == "gen1/evalseg/model"
   first = results["gen1/selection"]
   assert first["num_pairs"] == round(0.5 * first["selection"]["all"]["count"])
   second = results["gen2/selection"]
@@ -99,8 +112,8 @@ def test_stages_results_and_overlays(finished_run, capsys):
   results_lib.main([str(workdir / "results.json")])
   out = capsys.readouterr().out
   assert "| gen2/multinet |" in out and "| model | P | J | CorLoc |" in out
-
-
+  assert "| model | Spearman(score, J) | Pearson(score, J) | J all | J kept | J best |" in out
+  assert "| gen1/evalseg |" in out
 
 
 def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_path, caplog):
@@ -207,27 +220,33 @@ def test_declared_keys_rerun_exactly_their_stages(changes, expected):
   assert all(a == "rerun" for a in got.values())
 
 
-@pytest.mark.parametrize("key, value", [("evals.test.bin_threshold", 0.3),
-                                        ("evals.val.grabcut", True),
-                                        ("data.test_root", "/data/od")])
-def test_evaluation_keys_re_evaluate_only(key, value):
+@pytest.mark.parametrize("key, value, expected", [
+    ("evals.test.bin_threshold", 0.3, EVALUATED),
+    ("evals.val.grabcut", True, EVALUATED),
+    ("evals.val.enabled", False, EVALUATED),
+    # An evaluator of EvalSeg-Net re-evaluates EvalSeg-Net only, and the other way round.
+    ("evals.scoring_test.keep_fraction", 0.2, SCORERS),
+    ("evals.scoring_val.enabled", False, SCORERS),
+    ("data.test_root", "/data/od", EVALUATED + SCORERS),
+])
+def test_evaluation_keys_re_evaluate_only(key, value, expected):
   config, new = _graph_config(), _graph_config()
   *path, last = key.split(".")
   node = new
   for part in path:
     node = node[part]
   node[last] = value
-  assert _changed(config, new) == {s: "re-evaluate" for s in EVALUATED}
+  assert _changed(config, new) == {s: "re-evaluate" for s in expected}
 
 
 def test_export_lists_models_and_evaluate_reproduces_metrics(finished_run, tmp_path, capsys):
   _, workdir, results = finished_run
-  models = sorted(m for m in MODELS if m != "teacher")
+  models = sorted(m for m in MODELS + SCORERS if m != "teacher")
   assert export_lib.exportable(str(workdir)) == models  # VideoPCA has no weights.
   export_lib.main([f"--workdir={workdir}", "--model=list"])
   assert capsys.readouterr().out.split() == models
   with pytest.raises(UserError, match="no exportable model 'teacher' in .*; exportable: "
-                                      "gen1/fconv, gen1/lowres_net, gen1/multinet"):
+                                      "gen1/evalseg, gen1/fconv, gen1/lowres_net, gen1/multinet"):
     export_lib.export(str(workdir), "teacher", str(tmp_path / "x"))
   for name in ("gen2/fconv", "gen1/multinet"):
     out = tmp_path / name.replace("/", "_")
@@ -240,7 +259,41 @@ def test_export_lists_models_and_evaluate_reproduces_metrics(finished_run, tmp_p
         np.testing.assert_allclose(got[k], v, atol=1e-6)
   evaluate_lib.main([f"--artifact={tmp_path / 'gen2_fconv'}", "--split=test",
                      f"--output={tmp_path / 'm.json'}"])
-  assert "| gen2/fconv |" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "| gen2/fconv |" in out and "scoring" not in out  # A student is not a mask scorer.
+
+
+def test_exported_evalseg_reproduces_its_mask_scoring(finished_run, tmp_path, capsys):
+  _, workdir, results = finished_run
+  out = tmp_path / "evalseg"
+  meta = export_lib.export(str(workdir), "gen1/evalseg", str(out))
+  assert meta["kind"] == "evalseg" and meta["students"] == ["lowres_net", "fconv"]
+  for split in ("test", "val"):
+    got = evaluate_lib.evaluate_artifact(str(out), split)
+    # Only the mask_scoring evaluator of that split (its val and test copies are one).
+    assert list(got["evaluators"]) == [f"scoring_{split}"]
+    got = got["metrics"]["evals"][f"scoring_{split}"]
+    want = results["gen1/evalseg"]["evals"][f"scoring_{split}"]
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+      np.testing.assert_allclose(got[k], v, atol=1e-6)
+  evaluate_lib.main([f"--artifact={out}", "--split=test", f"--output={tmp_path / 'm.json'}"])
+  printed = capsys.readouterr().out
+  assert "scoring_test on the test split" in printed and "| gen1/evalseg |" in printed
+  with open(tmp_path / "m.json") as f:
+    assert json.load(f)["evaluators"]["scoring_test"]["formats"]["score_vs_J/spearman"] == ".2f"
+  # A damaged artifact (a student's variables missing): one line, exit 2.
+  variables, config, meta = artifacts.load_artifact(out)
+  damaged = tmp_path / "damaged"
+  artifacts.save_artifact(damaged, {k: {n: v for n, v in tree.items() if n != "fconv"}
+                                    for k, tree in variables.items()}, config, meta)
+  with pytest.raises(SystemExit) as e:
+    evaluate_lib.main([f"--artifact={damaged}", "--split=test",
+                       f"--output={tmp_path / 'x.json'}"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+      "error: the artifact has no variables of 'fconv' (it has evalseg_net, lowres_net); "
+      "re-export it with python -m vtd.export from the workdir that trained it")
 
 
 def _mesh8():
@@ -325,6 +378,9 @@ def test_eval_splits_come_from_the_evaluators(tmp_path):
     input_pipeline.load_eval_sets(config, ["val", "train"])
   config.data.synthetic.update(num_train_videos=2, num_test_videos=1, num_val_videos=1)
   config.evals.test.enabled = False
+  data = pipeline.load_data(config)
+  assert sorted(data.eval_sets) == ["test", "val"]  # EvalSeg-Net's scoring_test needs it too.
+  config.evals.scoring_test.enabled = False
   data = pipeline.load_data(config)
   assert list(data.eval_sets) == ["val"] and data.eval_sets["val"].name == "synthetic/val"
   assert data.eval_sets["val"].split == "val"

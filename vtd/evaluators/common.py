@@ -12,11 +12,18 @@ one interface:
   evaluator.columns         ordered metric names, e.g. ("t2v/R1", ..., "v2t/MnR")
   evaluator.headers         the same as short table headers ("t2v R@1", ...)
   evaluator.run(model, context) -> EvalResult(metrics={name: float}, curves={...})
+  evaluator.interface       (optional) the method a model must have to be scored by it, e.g.
+                            "masks" (segmentation) or "score_candidates" (mask_scoring); the
+                            evaluators run on a model are those whose interface it has
+                            (`for_model`); without the attribute, every model is scored
+  evaluator.formats         (optional) {column: format spec} for tables, e.g. {"r": ".2f"}
+                            (default ".1f")
 
-`model` is what the method trains (a TeachText scorer, a segmentation predictor, UTS feature
-extractors) and `context` the method's data; each evaluator module documents what it needs of
-both. Adding an evaluator touches its module and a config, nothing else: pipelines run what the
-config lists, and `results.json` / `python -m vtd.results` take the column names from here.
+`model` is what the method trains (a TeachText scorer, a segmentation predictor or mask scorer,
+UTS feature extractors) and `context` the method's data; each evaluator module documents what
+it needs of both. Adding an evaluator touches its module and a config, nothing else:
+pipelines run what the config lists, and `results.json` / `python -m vtd.results` take the
+column names from here.
 """
 
 from __future__ import annotations
@@ -75,10 +82,22 @@ def from_config(evals_cfg: ml_collections.ConfigDict | Mapping[str, Any],
 
 def on_split(evals_cfg, split: str) -> dict[str, dict[str, Any]]:
   """The reporting evaluators of `config.evals` (all but `val`), pointed at `split`: what
-  `python -m vtd.evaluate --split=...` runs on an exported model."""
+  `python -m vtd.evaluate --split=...` runs on an exported model.
+
+  Entries that differ only in their split (a val and a test copy of one evaluator) would give
+  the same numbers twice; one is kept, the one already on `split` (else the first).
+  """
   plain = evals_cfg.to_dict() if hasattr(evals_cfg, "to_dict") else dict(evals_cfg)
-  return {name: {**spec, "split": split} for name, spec in plain.items()
-          if name != VALIDATION and "split" in spec}
+  chosen: dict[str, str] = {}  # settings without the split -> the entry kept for them
+  for name, spec in plain.items():
+    if name == VALIDATION or "split" not in spec:
+      continue
+    settings = repr(sorted((k, v) for k, v in spec.items() if k != "split"))
+    if settings not in chosen or (spec["split"] == split
+                                  and plain[chosen[settings]]["split"] != split):
+      chosen[settings] = name
+  kept = set(chosen.values())
+  return {name: {**spec, "split": split} for name, spec in plain.items() if name in kept}
 
 
 def reporting(evals_cfg) -> tuple[str, ...]:
@@ -87,15 +106,41 @@ def reporting(evals_cfg) -> tuple[str, ...]:
 
 
 def describe(evaluators: Mapping[str, Evaluator], evals_cfg) -> dict[str, dict[str, Any]]:
-  """{name: {type, columns, headers, **settings}} for results.json (what vtd.results reads)."""
+  """{name: {type, columns, headers, [formats], **settings}} for results.json (what
+  vtd.results reads)."""
   plain = evals_cfg.to_dict() if hasattr(evals_cfg, "to_dict") else dict(evals_cfg)
-  return {name: {**plain[name], "columns": list(ev.columns), "headers": list(ev.headers)}
-          for name, ev in evaluators.items()}
+  out = {}
+  for name, ev in evaluators.items():
+    out[name] = {**plain[name], "columns": list(ev.columns), "headers": list(ev.headers)}
+    if getattr(ev, "formats", None):
+      out[name]["formats"] = dict(ev.formats)
+  return out
+
+
+def accepts(evaluator: Evaluator, model: Any) -> bool:
+  """Whether `evaluator` scores `model`: it has the evaluator's `interface` (if it names one)."""
+  interface = getattr(evaluator, "interface", None)
+  return interface is None or hasattr(model, interface)
+
+
+def for_model(evaluators: Mapping[str, Evaluator], model: Any) -> dict[str, Evaluator]:
+  """The evaluators of `evaluators` that score `model` (e.g. P / J for a mask predictor,
+  mask-scoring quality for EvalSeg-Net)."""
+  return {name: ev for name, ev in evaluators.items() if accepts(ev, model)}
+
+
+def config_keys(evals_cfg, interface: str) -> tuple[str, ...]:
+  """`evals.<name>` of the enabled evaluators whose interface is `interface`: the evaluation
+  keys of a stage whose model has that interface (a change to another evaluator leaves the
+  stage alone)."""
+  return tuple(f"evals.{name}" for name, ev in from_config(evals_cfg).items()
+               if getattr(ev, "interface", None) == interface)
 
 
 def run_all(evaluators: Mapping[str, Evaluator], model: Any, context: Any
             ) -> dict[str, EvalResult]:
-  return {name: ev.run(model, context) for name, ev in evaluators.items()}
+  """{name: result} of the evaluators that score `model` (`for_model`)."""
+  return {name: ev.run(model, context) for name, ev in for_model(evaluators, model).items()}
 
 
 def to_json(results: Mapping[str, EvalResult]) -> dict[str, Any]:

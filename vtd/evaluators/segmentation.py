@@ -421,6 +421,30 @@ def _resize(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   return cv2.resize(mask.astype(np.float32), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def binary_masks(masks: np.ndarray, images: Sequence[np.ndarray], *, bin_threshold: float = 0.5,
+                 grabcut: bool = False) -> list[np.ndarray]:
+  """Soft masks [N, s, s] -> N bool masks [H_i, W_i] at their images' original sizes: resized
+  (bilinear), min–max normalised and thresholded at `bin_threshold`, or refined with GrabCut
+  seeded from the soft mask. `images`: N [H_i, W_i, 3] uint8."""
+  binary = []
+  for mask, image in zip(masks, images):
+    soft = _resize(np.asarray(mask), image.shape[:2])
+    if grabcut:
+      binary.append(grabcut_refine(image, soft, threshold=bin_threshold))
+    else:
+      binary.append(binarize(soft, bin_threshold, normalize=True))
+  return binary
+
+
+def held_out_set(context, split: str):
+  """The held-out set `split` of an evaluator's context {split: set}; a UserError if absent."""
+  test = context.get(split)
+  if test is None:
+    raise UserError(f"the data have no held-out {split!r} split with ground truth "
+                    f"(have: {', '.join(context) or 'none'}); evaluate another split")
+  return test
+
+
 def score_masks(masks: np.ndarray, test, *, bin_threshold: float = 0.5,
                 box_rule: str = "largest_cc", grabcut: bool = False) -> dict[str, float]:
   """P, J and CorLoc (percent) of soft masks [N, s, s] on a held-out set.
@@ -436,13 +460,7 @@ def score_masks(masks: np.ndarray, test, *, bin_threshold: float = 0.5,
       (N [K_i, 4] or None), `class_names` (N) and `average` ("images" | "classes"), e.g.
       `vtd.segmentation.input_pipeline.TestSet`.
   """
-  binary = []
-  for mask, image in zip(masks, test.images):
-    soft = _resize(np.asarray(mask), image.shape[:2])
-    if grabcut:
-      binary.append(grabcut_refine(image, soft, threshold=bin_threshold))
-    else:
-      binary.append(binarize(soft, bin_threshold, normalize=True))
+  binary = binary_masks(masks, test.images, bin_threshold=bin_threshold, grabcut=grabcut)
   by_class = test.average == "classes"
   out = {}
   if test.masks is not None:
@@ -469,6 +487,8 @@ class Evaluator:
   Info: the set's name and image count.
   """
 
+  interface = "masks"  # What a model needs to be scored (`vtd.evaluators.common.for_model`).
+
   def __init__(self, split: str = "test", bin_threshold: float = 0.5,
                box_rule: str = "largest_cc", grabcut: bool = False):
     if box_rule not in BOX_RULES:
@@ -479,10 +499,7 @@ class Evaluator:
     self.headers = COLUMNS
 
   def run(self, model, context):
-    test = context.get(self.split)
-    if test is None:
-      raise UserError(f"the data have no held-out {self.split!r} split with ground truth "
-                      f"(have: {', '.join(context) or 'none'}); evaluate another split")
+    test = held_out_set(context, self.split)
     masks = model.masks(test)
     if masks is None:
       return common.EvalResult(metrics={})

@@ -10,12 +10,16 @@ generations g = 1 .. `config.generations`:
                    (seed derived from `seed` and the stage name); exported and scored
   gen<g>/multinet  Multi-Net: the students' masks combined pixel-wise; exported and scored
   gen<g>/evalseg   (g < generations) EvalSeg-Net regressing cos(student mask, Multi-Net mask)
-                   on a random part of the training frames, scoring the others
+                   on a random part of the training frames, scoring the others; exported
+                   (with its students) and scored as a mask scorer on the held-out images
   gen<g+1>/selection  the student masks EvalSeg-Net scores best (generation g+1's pairs)
   overlays         PNGs of held-out images (or training frames) with every model's masks
 Each stage declares the config keys it reads (below), so a changed key reruns exactly the
 stages that depend on it; evaluation keys (`config.evals`, the real test set) re-evaluate
-only. `results.json` holds every model's P / J / CorLoc per split (`config.evals`).
+only, and only the stages whose models the changed evaluator scores. `results.json` holds
+every mask predictor's P / J / CorLoc per split (`config.evals`, type segmentation) and every
+EvalSeg-Net's mask-scoring quality (type mask_scoring: its score vs the true J of the
+students' held-out masks, and the J of the masks it would keep).
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ from vtd.segmentation import trainer
 
 # Performance knobs with identical results, and where generated data are cached.
 NON_RESULT_KEYS = ("data.cache_dir",)
-# Read only to evaluate (a change re-evaluates every model stage, never retrains): the
-# evaluators and which real test set they score.
-EVAL_KEYS = ("evals", "data.test_set", "data.test_root", "data.test_classes",
-             "data.test_split")
+# Read only to evaluate (a change re-evaluates, never retrains): which real test set is
+# scored, and the evaluators of the stage's kind of model (`_eval_keys`).
+TEST_SET_KEYS = ("data.test_set", "data.test_root", "data.test_classes", "data.test_split")
+# The evaluator interfaces (`vtd.evaluators.common`) of the segmentation models: mask
+# predictors (teacher, students, Multi-Net; P / J / CorLoc) and mask scorers (EvalSeg-Net).
+MASKS, SCORER = "masks", "score_candidates"
 # Every trained network's loop (its non-result keys, logging and checkpoint cadence, are
 # left out of fingerprints by vtd.stages).
 LOOP_KEYS = ("seed", "train", "data.image_size")
@@ -124,6 +130,11 @@ def _has(config: ml_collections.ConfigDict, dotted: str) -> bool:
   return True
 
 
+def _eval_keys(config, interface: str) -> tuple[str, ...]:
+  """A model stage's evaluation keys: the evaluators of its interface and the test set."""
+  return evaluators_lib.config_keys(config.evals, interface) + TEST_SET_KEYS
+
+
 def _teacher_keys(config) -> tuple[str, ...]:
   data_keys = REAL_DATA_KEYS if config.data.videos else SYNTHETIC_DATA_KEYS
   return ("data.videos", "data.cache_dir", "data.image_size", "data.augment_scale",
@@ -165,9 +176,10 @@ def build_graph(config: ml_collections.ConfigDict, data: trainer.SegData, mesh
   """The stages of this config, in execution order."""
   names = student_names(config)
   teacher = trainer.TEACHER
+  mask_eval_keys = _eval_keys(config, MASKS)
   graph = [stages.Stage(
       name=teacher, title="VideoPCA teacher over the training videos",
-      config_keys=_teacher_keys(config), eval_keys=EVAL_KEYS, uses_data=True,
+      config_keys=_teacher_keys(config), eval_keys=mask_eval_keys, uses_data=True,
       run=functools.partial(trainer.run_teacher, data=data, mesh=mesh))]
   graph.append(stages.Stage(
       name="gen1/selection", title="generation 1: the best teacher masks",
@@ -181,14 +193,14 @@ def build_graph(config: ml_collections.ConfigDict, data: trainer.SegData, mesh
     for name, stage in zip(names, student_stages):
       graph.append(stages.Stage(
           name=stage, title=f"student {name}, generation {gen}",
-          config_keys=_student_keys(config, name), eval_keys=EVAL_KEYS,
+          config_keys=_student_keys(config, name), eval_keys=mask_eval_keys,
           inputs=(teacher, pairs), uses_data=False,
           run=functools.partial(trainer.run_student, data=data, mesh=mesh, student=name,
                                 selection_stage=pairs)))
     multinet = f"gen{gen}/multinet"
     graph.append(stages.Stage(
         name=multinet, title=f"Multi-Net of generation {gen}",
-        config_keys=_multinet_keys(config), eval_keys=EVAL_KEYS,
+        config_keys=_multinet_keys(config), eval_keys=mask_eval_keys,
         inputs=tuple(student_stages), uses_data=False,
         run=functools.partial(trainer.run_multinet, data=data,
                               student_stages=student_stages)))
@@ -199,9 +211,10 @@ def build_graph(config: ml_collections.ConfigDict, data: trainer.SegData, mesh
     evalseg = f"gen{gen}/evalseg"
     graph.append(stages.Stage(
         name=evalseg, title=f"EvalSeg-Net of generation {gen}", config_keys=EVALSEG_KEYS,
-        inputs=(teacher, *student_stages, multinet), uses_data=False,
-        run=functools.partial(trainer.run_evalseg, mesh=mesh, student_stages=student_stages,
-                              multinet_stage=multinet)))
+        eval_keys=_eval_keys(config, SCORER), inputs=(teacher, *student_stages, multinet),
+        uses_data=False,
+        run=functools.partial(trainer.run_evalseg, data=data, mesh=mesh,
+                              student_stages=student_stages, multinet_stage=multinet)))
     graph.append(stages.Stage(
         name=f"gen{gen + 1}/selection",
         title=f"generation {gen + 1}: the student masks EvalSeg-Net scores best",
@@ -212,7 +225,7 @@ def build_graph(config: ml_collections.ConfigDict, data: trainer.SegData, mesh
   model_stages = [teacher] + [s for gen in generations for s in gen] + multinets
   graph.append(stages.Stage(
       name="overlays", title="PNG overlays of every model's masks",
-      config_keys=("overlays", "data.image_size"), eval_keys=EVAL_KEYS,
+      config_keys=("overlays", "data.image_size"), eval_keys=mask_eval_keys,
       inputs=tuple(model_stages), uses_data=False,
       run=functools.partial(trainer.run_overlays, data=data, generations=generations,
                             multinets=multinets)))
@@ -245,8 +258,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict[str, 
   results = stages.run_pipeline(config, workdir, build_graph(config, data, mesh),
                                 data_fingerprint=input_pipeline.data_fingerprint(config),
                                 non_result_keys=NON_RESULT_KEYS)
+  # Evaluators with results (mask scoring has none with one generation: no EvalSeg-Net).
   evaluators = {n: e for n, e in evaluators_lib.from_config(config.evals).items()
-                if e.split in data.eval_sets}
+                if e.split in data.eval_sets and any(
+                    isinstance(r, dict) and r.get("evals", {}).get(n) for r in results.values())}
   if jax.process_index() == 0:
     payload = results_lib.report(workdir, config, results, evaluators, title="Segmentation")
     if evaluators_lib.VALIDATION in evaluators:  # report() shows the reported splits only.

@@ -24,9 +24,15 @@ from vtd.segmentation import losses
 from vtd.segmentation import models
 
 def build_student(name: str, cfg: ml_collections.ConfigDict):
-  """A student from `config.students.<name>` (width knobs) by registry name."""
+  """A student from `config.students.<name>` (width knobs) by registry name.
+
+  Lists become tuples: an artifact's config comes back from JSON with lists where the config
+  had tuples (U-Net widths), and a module with a list attribute cannot be hashed, i.e. cannot
+  be a static argument of the jitted inference.
+  """
   kwargs = cfg.get(name, ml_collections.ConfigDict()).to_dict()
-  return models.build_student(name, **kwargs)
+  return models.build_student(name, **{k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in kwargs.items()})
 
 
 def _crop_iterator(images: np.ndarray, targets: np.ndarray, *, crop: int, batch_size: int,

@@ -12,7 +12,8 @@ files named by the constants below (paths `ctx.dir / NAME`):
   gen<g>/selection/pairs.npz         PAIRS: frames [P] and target masks [P, A, A] of gen g
   gen<g>/<student>/train_outputs.npy TRAIN_OUTPUTS: raw outputs [F, s, s] float16 on every
                                      training frame (Multi-Net, EvalSeg-Net, next selection)
-  gen<g>/<student>/model             MODEL_DIR: the exported student (also gen<g>/multinet)
+  gen<g>/<student>/model             MODEL_DIR: the exported student (also gen<g>/multinet
+                                     and gen<g>/evalseg, with their students' variables)
   gen<g>/evalseg/scores.npz          SCORES: frames EvalSeg-Net scored and its scores [S * n]
 
 Shapes: F training frames at the augmentation size A (random S x S crops), s = S the working
@@ -80,6 +81,29 @@ def _write(write: Callable[[], Any]) -> None:
     write()
 
 
+def _run_evaluators(ctx: stages.StageContext, data: SegData, model) -> dict[str, Any]:
+  """The stage result's evaluation part ("evals", "eval_info") of `model`: the evaluators in
+  the stage's view of `config.evals` (those of its model's interface) whose split the data
+  have."""
+  evaluators = evaluators_lib.from_config(ctx.config.get("evals", {}))
+  return evaluators_lib.to_json(evaluators_lib.run_all(
+      {n: e for n, e in evaluators.items() if e.split in data.eval_sets}, model,
+      data.eval_sets))
+
+
+def _recorded(ctx: stages.StageContext, stage: str) -> seg_eval.Recorded:
+  """The held-out masks model stage `stage` recorded, as a predictor."""
+  return seg_eval.Recorded({split: artifacts.load_npy(ctx.workdir / path)
+                            for split, path in ctx.inputs[stage]["held_out_masks"].items()})
+
+
+def _student_variables(ctx: stages.StageContext, student_stages: Sequence[str]
+                       ) -> dict[str, Any]:
+  """{student name: its exported variables} of a generation's student stages."""
+  return {ctx.inputs[n]["student"]: artifacts.load_artifact(ctx.input_dir(n) / MODEL_DIR)[0]
+          for n in student_stages}
+
+
 def _evaluate(ctx: stages.StageContext, data: SegData, model) -> dict[str, Any]:
   """Runs the configured evaluators on `model`; saves its held-out masks for the overlays.
 
@@ -87,10 +111,7 @@ def _evaluate(ctx: stages.StageContext, data: SegData, model) -> dict[str, Any]:
   ({split: path relative to the workdir}).
   """
   recording = seg_eval.Recording(model)
-  evaluators = evaluators_lib.from_config(ctx.config.evals)
-  outcome = evaluators_lib.to_json(evaluators_lib.run_all(
-      {n: e for n, e in evaluators.items() if e.split in data.eval_sets}, recording,
-      data.eval_sets))
+  outcome = _run_evaluators(ctx, data, recording)
   paths = {}
   for split, masks in recording.by_split.items():
     path = ctx.dir / held_out_file(split)
@@ -250,16 +271,11 @@ def run_multinet(ctx: stages.StageContext, data: SegData, *,
     scales = [selection.student_scale(
         artifacts.load_npy(ctx.input_dir(n) / TRAIN_OUTPUTS).astype(np.float32),
         mcfg.scale_quantile) for n in student_stages]
-  members = [seg_eval.Recorded({split: artifacts.load_npy(ctx.workdir / path)
-                                for split, path in ctx.inputs[n]["held_out_masks"].items()})
-             for n in student_stages]
+  members = [_recorded(ctx, n) for n in student_stages]
   model = seg_eval.MultiNetMasks(members, normalisation=mcfg.normalisation,
                                  combine=mcfg.combine, scales=scales)
   names = [ctx.inputs[n]["student"] for n in student_stages]
-  variables = [artifacts.load_artifact(ctx.input_dir(n) / MODEL_DIR)[0] for n in student_stages]
-  # {"params": {student: ...}, "batch_stats": {student: ...}} (not every student has BN).
-  combined = {key: {name: v[key] for name, v in zip(names, variables) if key in v}
-              for key in dict.fromkeys(k for v in variables for k in v)}
+  combined = seg_eval.pack_variables(_student_variables(ctx, student_stages))
   meta = {"method": "segmentation", "kind": seg_eval.MULTINET, "model_name": ctx.name,
           "students": names, "normalisation": mcfg.normalisation, "combine": mcfg.combine,
           "scales": scales}
@@ -271,10 +287,14 @@ def run_multinet(ctx: stages.StageContext, data: SegData, *,
 
 # ----------------------------------------------------------------------------- EvalSeg-Net
 
-def run_evalseg(ctx: stages.StageContext, mesh, *, student_stages: Sequence[str],
-                multinet_stage: str) -> dict[str, Any]:
+def run_evalseg(ctx: stages.StageContext, data: SegData, mesh, *,
+                student_stages: Sequence[str], multinet_stage: str) -> dict[str, Any]:
   """EvalSeg-Net of one generation: regresses cos(student mask, Multi-Net mask) on a random
-  subset of the training frames, then scores every student's masks on the others (§3.2)."""
+  subset of the training frames, then scores every student's masks on the others (§3.2).
+
+  Exported with its generation's students (what it scores) and scored as a mask scorer
+  (`vtd.evaluators.mask_scoring`) on the students' recorded held-out masks.
+  """
   cfg = ctx.config
   ecfg = cfg.evalseg
   table = _table(ctx)
@@ -295,22 +315,38 @@ def run_evalseg(ctx: stages.StageContext, mesh, *, student_stages: Sequence[str]
       model, ev_frames[train_cand.frame_of], ev_masks(train_cand),
       selection.cosine_labels(train_cand, multi), cfg, seed)
   fit = train_lib.fit(program, cfg.train, ctx.dir, mesh, seed)
+  multi_result = ctx.inputs[multinet_stage]
+  scorer = seg_eval.EvalSegScorer(
+      model, fit.variables, [_recorded(ctx, n) for n in student_stages], size=size,
+      input_size=ev_size, label_scale=ecfg.label_scale,
+      normalisation=multi_result["normalisation"], combine=multi_result["combine"],
+      scales=multi_result["scales"])
   logging.info("%s: scoring %d student masks...", ctx.name, len(score_cand.masks))
-  scores = students_lib.evalseg_scores(model, fit.variables, ev_frames[score_cand.frame_of],
-                                       ev_masks(score_cand), label_scale=ecfg.label_scale)
+  scores = scorer.score(ev_frames, score_cand)
   _write(lambda: artifacts.save_npz_atomic(ctx.dir / SCORES, frames=score_frames,
                                            scores=scores))
   true_cos = selection.cosine_labels(score_cand, multi)
-  return {"score_vs_true_cos_corr": float(np.corrcoef(scores, true_cos)[0, 1]),
+  names = [ctx.inputs[n]["student"] for n in student_stages]
+  variables = seg_eval.pack_variables({**_student_variables(ctx, student_stages),
+                                       seg_eval.EVALSEG_NET: fit.variables})
+  meta = {"method": "segmentation", "kind": seg_eval.EVALSEG, "model_name": ctx.name,
+          "students": names, "normalisation": multi_result["normalisation"],
+          "combine": multi_result["combine"], "scales": multi_result["scales"],
+          "step": fit.step}
+  _write(lambda: artifacts.save_artifact(ctx.dir / MODEL_DIR, variables, data.full_config,
+                                         meta))
+  return {**_run_evaluators(ctx, data, scorer),
+          "score_vs_true_cos_corr": float(np.corrcoef(scores, true_cos)[0, 1]),
           "num_scored": int(scores.size), "num_train_masks": int(len(train_cand.masks)),
-          "step": fit.step, "scores": ctx.rel(ctx.dir / SCORES)}
+          "step": fit.step, "scores": ctx.rel(ctx.dir / SCORES), "students": names,
+          "artifact": ctx.rel(ctx.dir / MODEL_DIR)}
 
 
 # ----------------------------------------------------------------------------- overlays
 
 def _threshold(evals_cfg, split: str) -> float:
   """The bin_threshold of the (first) evaluator of `split` (0.5 without one)."""
-  for spec in evals_cfg.to_dict().values():
+  for spec in (evals_cfg.to_dict() if hasattr(evals_cfg, "to_dict") else evals_cfg).values():
     if spec.get("split") == split:
       return float(spec.get("bin_threshold", 0.5))
   return 0.5
@@ -335,7 +371,7 @@ def run_overlays(ctx: stages.StageContext, data: SegData, *, generations: list[l
           path, frames_lib.resize_images([test.images[i] for i in rows], size),
           {k: v[rows] for k, v in columns.items()},
           gt_masks=None if test.masks is None else [test.masks[i] for i in rows],
-          threshold=_threshold(ctx.config.evals, split),
+          threshold=_threshold(ctx.config.get("evals", {}), split),
           image_ids=None if test.video_index is None else [
               f"{split} video {test.video_index[i]}" for i in rows]))
       written.append(ctx.rel(path))
@@ -359,5 +395,5 @@ def _train_overlay(ctx, gen: int, student_stages: Sequence[str], multi: str, cou
       path, frames_lib.resize_images(table.images[rows], size), columns,
       image_ids=[f"video {v}, frame {f}" for v, f in zip(table.video_index[rows],
                                                          table.frame_index[rows])],
-      threshold=_threshold(ctx.config.evals, "test")))
+      threshold=_threshold(ctx.config.get("evals", {}), "test")))
   return ctx.rel(path)
