@@ -114,8 +114,8 @@ class MultiNetMasks:
     raw = [m.masks(test) for m in self._members]
     if any(r is None for r in raw):
       return None
-    return selection.multinet([selection.normalise(r, self._rule, s)
-                               for r, s in zip(raw, self._scales)], self._combine)
+    return selection.multinet(selection.normalise_all(raw, self._rule, self._scales),
+                              self._combine)
 
 
 class EvalSegScorer:
@@ -158,7 +158,7 @@ class EvalSegScorer:
     raw = [m.masks(test) for m in self._members]
     if any(r is None for r in raw):
       return None
-    masks = [selection.normalise(r, self._rule, s) for r, s in zip(raw, self._scales)]
+    masks = selection.normalise_all(raw, self._rule, self._scales)
     cand = selection.candidates(np.stack(masks), np.arange(len(test)))
     multi = selection.multinet(masks, self._combine)
     return mask_scoring.ScoredCandidates(

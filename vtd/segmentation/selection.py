@@ -30,6 +30,7 @@ Shapes: F frames, S students, [*, s, s] masks at the working size.
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -125,6 +126,13 @@ def normalise(raw: np.ndarray, rule: str, scale: float | None = None) -> np.ndar
       raise ValueError("normalise(rule='student_scale') needs the student's scale")
     return np.clip(raw / scale, 0.0, 1.0)
   raise UserError(f"config.multinet.normalisation must be one of {NORMALISATIONS}, got {rule!r}")
+
+
+def normalise_all(raws: Sequence[np.ndarray], rule: str,
+                  scales: Sequence[float | None] | None = None) -> list[np.ndarray]:
+  """`normalise` of each student's outputs [N, s, s] with its own scale (None: no scales)."""
+  scales = list(scales) if scales is not None else [None] * len(raws)
+  return [normalise(raw, rule, scale) for raw, scale in zip(raws, scales)]
 
 
 def next_targets(masks: np.ndarray, rule: str, threshold: float) -> np.ndarray:
