@@ -110,6 +110,24 @@ def test_eval_only_change_reevaluates_in_place(tmp_path):
   assert superseded(tmp_path) == []
 
 
+def test_eval_keys_declared_differently_with_equal_values_reuse(tmp_path):
+  run(make_config(), tmp_path)
+  # A later vtd declares the stage's evaluation keys one level deeper ("eval.threshold"
+  # instead of "eval"): the recorded eval fingerprint differs, the values do not.
+  def deeper(rec):
+    teacher, student = graph(rec)
+    return [stages.Stage(name="teacher", run=rec.teacher, config_keys=teacher.config_keys,
+                         eval_keys=("eval.threshold",)), student]
+  rec = Recorder()
+  stages.run_pipeline(make_config(), tmp_path, deeper(rec), data_fingerprint={"d": "v1"},
+                      non_result_keys=("data.cache_dir",))
+  assert rec.calls == []
+  rec = Recorder()
+  stages.run_pipeline(make_config(**{"eval.threshold": 0.7}), tmp_path, deeper(rec),
+                      data_fingerprint={"d": "v1"}, non_result_keys=("data.cache_dir",))
+  assert rec.calls == ["teacher"]
+
+
 def test_data_change_reruns_stages_that_use_data(tmp_path):
   run(make_config(), tmp_path)
   _, calls = run(make_config(), tmp_path, data="v2")

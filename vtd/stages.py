@@ -304,6 +304,11 @@ def _decide(stage_dir: epath.Path, prov: Provenance) -> tuple[str, str]:
       return "rerun", _difference(old, prov)
     if old.get("eval_fingerprint") != prov.eval_fingerprint:
       text = describe_changes(old.get("eval_config", {}), prov.eval_config)
+      if not text:
+        # The same values recorded under other declared keys (e.g. `evals` split into
+        # `evals.test`, `evals.val` when stages began declaring only their own evaluators):
+        # nothing would evaluate differently, so nothing is re-evaluated.
+        return "reuse", ""
       return "reevaluate", f"evaluation settings changed ({text})"
     return "reuse", ""
   started = _read_json(stage_dir / STARTED_FILE)
