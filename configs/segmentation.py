@@ -129,7 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # div_scale_clip = clip(out / target_scale, 0, 1). minmax by default: the students' raw
   # outputs rarely approach 255, so clipped masks are faint (mean 0.04) and generation-2
   # students trained on them over-segment (seed 0, J of gen-2 DilateU-Net 36.4 vs 60.4 with
-  # minmax; README "Segmentation").
+  # minmax; measured with the earlier 600 x 8 students and a global EvalSeg ranking).
   config.multinet.normalisation = "minmax"
   # student_scale: a student's scale is this quantile of its per-image output maxima over the
   # training frames (not from the paper).
@@ -158,7 +158,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # threshold: keep masks scoring >= threshold (README of the public code: 80 of 100, i.e.
   # 0.8 in cos units) | top_fraction: keep the best keep_fraction of all scored masks.
   # top_fraction by default: the CPU-sized EvalSeg-Net on the embedded data scores at most
-  # ~0.75 (measured, gen 1, seed 0), so the reference threshold would keep nothing.
+  # ~0.75 (measured, gen 1, seed 0, 600 x 8 students), so the reference threshold would keep
+  # nothing.
   config.evalseg.selection = "top_fraction"
   config.evalseg.threshold = 0.8
   config.evalseg.keep_fraction = 0.10

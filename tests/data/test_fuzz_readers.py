@@ -7,15 +7,13 @@ Seeds are fixed, so a failure is reproducible: the message lists the variant's i
 
 import json
 import os
-import pickle
-import sys
-import types
 
 import cv2
 import numpy as np
 import pytest
 import scipy.io
 
+from tests import ce_pickles
 from tests.data import fuzzing
 from vtd.teachtext.data import ce_features
 from vtd.uts.data import fivr
@@ -64,29 +62,6 @@ def test_retrieval_npz(tmp_path):
 
 # ----------------------------------------------------------------------------- CE pickles
 
-def _pickle(path, obj, protocol=4):
-  with open(path, "wb") as f:
-    pickle.dump(obj, f, protocol=protocol)
-  return path
-
-
-def _expert_store(path, store):
-  """The old CE `datastructures.ExpertStore`, pickled with protocol 2 as the release did."""
-  module = types.ModuleType("datastructures")
-  cls = type("ExpertStore", (), {"__module__": "datastructures"})
-  module.ExpertStore = cls
-  sys.modules["datastructures"] = module
-  try:
-    obj = cls.__new__(cls)
-    obj.keys, obj.dim, obj.store_dtype = np.array(VIDS), store.shape[1], np.float16
-    obj.store = store.astype(np.float16)
-    obj.keymap = {k: i for i, k in enumerate(obj.keys)}
-    obj.missing = {"v2"}
-    return _pickle(path, obj, protocol=2)
-  finally:
-    del sys.modules["datastructures"]
-
-
 def _ce_files(tmp_path):
   """(name, path, consumer) for each CE file format: the consumer turns the loaded object into
   features as `load_ce_dataset` does."""
@@ -105,17 +80,19 @@ def _ce_files(tmp_path):
   files = {name: str(tmp_path / name) for name in ("fixed.pkl", "audio.pickle", "w2v.pkl",
                                                    "store.pickle", "teacher.pkl")}
   return [
-      ("dict", _pickle(files["fixed.pkl"], fixed), fixed_of(files["fixed.pkl"])),
-      ("tokens", _pickle(files["audio.pickle"], tokens),
+      ("dict", ce_pickles.write_pickle(files["fixed.pkl"], fixed),
+       fixed_of(files["fixed.pkl"])),
+      ("tokens", ce_pickles.write_pickle(files["audio.pickle"], tokens),
        lambda d: ce_features.expert_features(d, VIDS, max_tokens=4,
                                              source=f"{files['audio.pickle']} (audio)")),
-      ("text", _pickle(files["w2v.pkl"], text),
+      ("text", ce_pickles.write_pickle(files["w2v.pkl"], text),
        lambda d: ce_features.text_features(d, VIDS, max_tokens=2,
                                            source=f"{files['w2v.pkl']} (w2v)")),
-      ("store", _expert_store(files["store.pickle"], rng.normal(size=(3, 5))),
+      ("store", ce_pickles.write_expert_store(files["store.pickle"], VIDS,
+                                               rng.normal(size=(3, 5)), missing={"v2"}),
        fixed_of(files["store.pickle"])),
       ("npy", npy, fixed_of(npy)),
-      ("teacher", _pickle(files["teacher.pkl"], teacher), None),
+      ("teacher", ce_pickles.write_pickle(files["teacher.pkl"], teacher), None),
   ]
 
 

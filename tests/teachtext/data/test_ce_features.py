@@ -3,13 +3,13 @@
 import logging
 import math
 import os
-import pickle
 import sys
 import types
 
 import numpy as np
 import pytest
 
+from tests import ce_pickles
 from vtd.teachtext.data import ce_features, ce_specs
 from vtd.teachtext.data.retrieval import load_npz, save_npz
 from vtd.errors import UserError
@@ -17,33 +17,9 @@ from vtd.errors import UserError
 NAN = float("nan")
 
 
-def _pickle(path, obj, protocol=4):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "wb") as f:
-    pickle.dump(obj, f, protocol=protocol)
-
-
 def _write_list(path, lines):
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
-
-
-def _write_expert_store(path, keys, store, missing=()):
-  """Pickles an ExpertStore the way the old CE code did: class `datastructures.ExpertStore`."""
-  module = types.ModuleType("datastructures")
-  cls = type("ExpertStore", (), {"__module__": "datastructures"})
-  module.ExpertStore = cls
-  sys.modules["datastructures"] = module
-  try:
-    obj = cls.__new__(cls)
-    # As after CE's `filter_keys`: keys an array of str, keymap keyed by numpy strings.
-    obj.keys, obj.dim, obj.store_dtype = np.array(keys), store.shape[1], np.float16
-    obj.store = store.astype(np.float16)
-    obj.keymap = {k: i for i, k in enumerate(obj.keys)}
-    obj.missing = set(missing)
-    _pickle(path, obj, protocol=2)  # Python-2-era protocol: __builtin__ names, _codecs.
-  finally:
-    del sys.modules["datastructures"]  # The reader must not need it.
 
 
 def _caption(rng, n_tokens, dim):
@@ -64,24 +40,25 @@ def msrvtt(tmp_path):
   # Fixed expert as a dict: v1 missing (float NaN), v5 absent from the file.
   senet = {v: rng.normal(size=4).astype(np.float32) for v in vids[:5]}
   senet["v1"] = NAN
-  _pickle(os.path.join(root, spec.expert_paths["imagenet.senet154.0"]), senet)
+  ce_pickles.write_pickle(os.path.join(root, spec.expert_paths["imagenet.senet154.0"]), senet)
   # Fixed expert as an old ExpertStore: v2's row NaN, v4 listed as missing.
   store = rng.normal(size=(6, 3))
   store[2] = np.nan
-  _write_expert_store(os.path.join(root, spec.expert_paths["scene.densenet161.0"]), vids,
-                      store, missing={"v4"})
+  ce_pickles.write_expert_store(os.path.join(root, spec.expert_paths["scene.densenet161.0"]),
+                                vids, store, missing={"v4"})
   # Token expert: T_v = 0, 5, 40 (> 29 max tokens), ...; v3 missing.
   audio = {v: rng.normal(size=(t, 2)).astype(np.float32)
            for v, t in zip(vids, (0, 5, 40, 1, 3, 29))}
   audio["v3"] = NAN
-  _pickle(os.path.join(root, spec.expert_paths["audio"]), audio)
+  ce_pickles.write_pickle(os.path.join(root, spec.expert_paths["audio"]), audio)
   counts = {"v0": 3, "v1": 1, "v2": 2, "v3": 3, "v4": 22, "v5": 1}
   tokens = {v: [int(t) for t in rng.integers(1, 45, size=c)] for v, c in counts.items()}
   tokens["v0"][1] = 40  # Longer than the 37 kept.
   text = {}
   for name, dim in (("w2v", 5), ("gpt2-xl", 7)):
     text[name] = {v: [_caption(rng, t, dim) for t in ts] for v, ts in tokens.items()}
-    _pickle(os.path.join(root, "aggregated_text_feats", f"{name}.pkl"), text[name])
+    ce_pickles.write_pickle(os.path.join(root, "aggregated_text_feats", f"{name}.pkl"),
+                            text[name])
   return types.SimpleNamespace(root=root, senet=senet, store=store, audio=audio, text=text,
                                tokens=tokens)
 
@@ -188,7 +165,7 @@ def test_errors_name_missing_files_and_ids(msrvtt):
                                 text_embeddings=["gpt2-xl-finetune"])
   text = dict(msrvtt.text["w2v"])
   del text["v4"], text["v5"]
-  _pickle(os.path.join(msrvtt.root, "partial.pkl"), text)
+  ce_pickles.write_pickle(os.path.join(msrvtt.root, "partial.pkl"), text)
   with pytest.raises(UserError, match=r"partial\.pkl \(w2v\): 2 of the split's 2 videos have "
                                       r"no captions, e.g. \['v4', 'v5'\]"):
     ce_features.load_ce_dataset(msrvtt.root, "msrvtt_full", experts=["audio"],
@@ -208,9 +185,9 @@ def test_fused_dataset_with_mp4_ids(tmp_path):
     _write_list(os.path.join(root, f"{split}_list.txt"), lines)
   counts = {"a": (10, 30, 20), "b": (5,), "c": (7, 8), "d": (50, 3)}
   text = {v: [_caption(rng, t, 4) for t in ts] for v, ts in counts.items()}
-  _pickle(os.path.join(root, "aggregated_text_feats", "w2v.pkl"), text)
+  ce_pickles.write_pickle(os.path.join(root, "aggregated_text_feats", "w2v.pkl"), text)
   feats = {v: rng.normal(size=6).astype(np.float32) for v in counts}
-  _pickle(os.path.join(root, "feats.pkl"), feats)
+  ce_pickles.write_pickle(os.path.join(root, "feats.pkl"), feats)
   ds = ce_features.load_ce_dataset(root, "didemo", experts=["rgb"], text_embeddings=["w2v"],
                                    expert_paths={"rgb": "feats.pkl"}, dtype=np.float32)
   assert ds.train.video_ids == ["a", "b"] and ds.test.video_ids == ["d"]
@@ -228,7 +205,7 @@ def test_shared_list_and_caption_index(msrvtt):
   root = msrvtt.root
   _write_list(os.path.join(root, "train_list_jsfusion.txt"), ["v0", "v1"])
   _write_list(os.path.join(root, "val_list_jsfusion.txt"), ["v4", "v3"])
-  _pickle(os.path.join(root, "jsfusion_val_caption_idx.pkl"), {"v3": 2, "v4": 7})
+  ce_pickles.write_pickle(os.path.join(root, "jsfusion_val_caption_idx.pkl"), {"v3": 2, "v4": 7})
   ds = ce_features.load_ce_dataset(root, "msrvtt_1ka", experts=["audio"],
                                    text_embeddings=["w2v"], dtype=np.float32)
   assert ds.val is ds.test and ds.test.captions_per_video == 1
@@ -254,7 +231,7 @@ def test_npy_dict_restricted_unpickler_and_hickle(tmp_path):
   class Evil:
     def __reduce__(self):
       return (os.system, ("true",))
-  _pickle(str(tmp_path / "evil.pkl"), {"x": Evil()})
+  ce_pickles.write_pickle(str(tmp_path / "evil.pkl"), {"x": Evil()})
   with pytest.raises(UserError, match=r"evil\.pkl: damaged .*refusing to load global"):
     ce_features.load_feature_file(str(tmp_path / "evil.pkl"))
   with pytest.raises(UserError, match="hickle files are not supported"):
@@ -294,15 +271,15 @@ def test_float16_overflow_and_not_found_values(tmp_path):
   root = str(tmp_path)
   for split in ("train", "val", "test"):
     _write_list(os.path.join(root, f"{split}_list.txt"), ["a"])
-  _pickle(os.path.join(root, "text.pkl"), {"a": [np.full((2, 3), 1e5, np.float32)]})
-  _pickle(os.path.join(root, "e.pkl"), {"a": np.ones(2)})
+  ce_pickles.write_pickle(os.path.join(root, "text.pkl"), {"a": [np.full((2, 3), 1e5, np.float32)]})
+  ce_pickles.write_pickle(os.path.join(root, "e.pkl"), {"a": np.ones(2)})
   kw = dict(experts=["e"], expert_paths={"e": "e.pkl"}, text_embeddings=["t"],
             text_paths={"t": "text.pkl"})
   with pytest.raises(UserError, match="beyond float16's range; use float32"):
     ce_features.load_ce_dataset(root, "msvd", **kw)
   assert ce_features.load_ce_dataset(root, "msvd", dtype=np.float32, **kw).test.num_videos == 1
   # A caption without tokens keeps its slot (caption k stays slot k), masked.
-  _pickle(os.path.join(root, "text.pkl"), {"a": [np.zeros((0, 3)), np.ones((2, 3))]})
+  ce_pickles.write_pickle(os.path.join(root, "text.pkl"), {"a": [np.zeros((0, 3)), np.ones((2, 3))]})
   ds = ce_features.load_ce_dataset(root, "msvd", **kw)
   assert ds.train.caption_mask.tolist() == [[False, True]]
   np.testing.assert_array_equal(ds.train.text["t"][0, 1, :2], 1.0)
@@ -320,7 +297,7 @@ def test_teacher_embeddings(tmp_path):
                  "text_embds": {"audio": rng.normal(size=(n, 4)), "rgb": rng.normal(size=(n, 4))}}
              for v, n in (("a", 3), ("b", 1), ("c", 2))}
   path = str(tmp_path / "teacher.pkl")
-  _pickle(path, teacher)
+  ce_pickles.write_pickle(path, teacher)
   emb = ce_features.load_teacher_embeddings(path, ["b", "a"], [1, 3])
   assert sorted(emb.video) == ["audio", "rgb"] and emb.text["rgb"].shape == (2, 3, 4)
   np.testing.assert_allclose(emb.video["rgb"][0], teacher["b"]["vid_embds"]["rgb"])
