@@ -134,9 +134,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # student_scale: a student's scale is this quantile of its per-image output maxima over the
   # training frames (not from the paper).
   config.multinet.scale_quantile = 0.9
-  # Multi-Net = the pixel-wise product of the students' masks (the paper); geometric_mean takes
-  # its S-th root before thresholding and as the EvalSeg-Net label (not from the paper).
-  config.multinet.combine = "product"
+  # Multi-Net = the pixel-wise product of the students' masks (the paper) | geometric_mean, its
+  # S-th root: the same pixel order, but min-max + 0.5 then cuts the product at ~0.5^S of its
+  # peak instead of at half of it. geometric_mean, chosen on val (docs/segmentation.md §8): gen-1
+  # Multi-Net val CorLoc 63.3 vs 12.3 for the product (seeds 0-2). Not EvalSeg-Net's label
+  # (evalseg.label_combine).
+  config.multinet.combine = "geometric_mean"
 
   config.evalseg = ml_collections.ConfigDict()
   # EvalSeg-Net widths (reference: 256/64/512) and head (sigmoid: regress cos in [0, 1]).
@@ -145,8 +148,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Input size (square) of EvalSeg-Net; 0 = the students' size. The reference feeds it 128 x 128
   # while the U-Nets work at 256, i.e. half the students' size.
   config.evalseg.image_size = 0
-  # Labels are label_scale x cos(student mask, Multi-Net mask) (1 with the sigmoid head).
+  # Labels are label_scale x cos(student mask, combined mask) (1 with the sigmoid head)...
   config.evalseg.label_scale = 1.0
+  # ...where the combined mask is the students' masks combined as multinet.combine describes:
+  # product (the paper's Multi-Net mask) | geometric_mean. product, chosen on val
+  # (docs/segmentation.md §8: the geometric-mean label gave gen-2 BasicU-Net val J 43.0 vs 48.0,
+  # seed 0). Independent of multinet.combine, which only shapes the Multi-Net's own masks.
+  config.evalseg.label_combine = "product"
   # Fraction of training frames whose student masks train EvalSeg-Net (not from the paper);
   # the other frames are scored.
   config.evalseg.train_fraction = 0.10

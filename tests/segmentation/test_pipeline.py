@@ -144,6 +144,17 @@ def test_changed_config_reruns_exactly_the_affected_stages(finished_run, tmp_pat
   (stamp,) = os.listdir(work / "superseded")
   assert sorted(os.listdir(work / "superseded" / stamp)) == ["gen2", "overlays"]
   assert again["gen2/selection"]["num_pairs"] != results["gen2/selection"]["num_pairs"]
+  # Multi-Net's combination is not EvalSeg-Net's label: its scores (and so generation 2's
+  # labels) are unchanged, the Multi-Net's own masks are not.
+  caplog.clear()
+  config.multinet.combine = "product"
+  changed = vtd_main.run(config, str(work))
+  stamp = sorted(os.listdir(work / "superseded"))[-1]
+  old, new = (np.load(d / "gen1" / "evalseg" / "scores.npz")
+              for d in (work / "superseded" / stamp, work))
+  np.testing.assert_array_equal(new["scores"], old["scores"])
+  assert changed["gen2/selection"] == again["gen2/selection"]
+  assert changed["gen1/multinet"]["evals"] != again["gen1/multinet"]["evals"]
   # strict: a changed key stops the run with one line naming it.
   config.runtime.reuse = "strict"
   config.student_training.steps_per_student.fconv = 5
@@ -196,8 +207,10 @@ GEN2 = {"gen2/selection", "gen2/lowres_net", "gen2/fconv", "gen2/multinet", "ove
     ({"evalseg.target_threshold": 0.3, "evalseg.target_rule": "gated"}, GEN2),
     ({"evalseg.target_threshold": 0.3, "evalseg.target_rule": "soft"}, set()),
     ({"evalseg.selection": "threshold", "evalseg.threshold": 0.5}, GEN2),
-    # Multi-Net's combination feeds EvalSeg-Net and the next generation, not the students.
-    ({"multinet.combine": "geometric_mean"}, {"gen1/multinet", "gen1/evalseg"} | GEN2),
+    # Multi-Net's combination: its stages, and (through the stage inputs) what follows them;
+    # EvalSeg-Net's label rule: EvalSeg-Net and the next generation.
+    ({"multinet.combine": "product"}, {"gen1/multinet", "gen1/evalseg"} | GEN2),
+    ({"evalseg.label_combine": "geometric_mean"}, {"gen1/evalseg"} | GEN2),
     ({"multinet.scale_quantile": 0.5}, set()),  # Only read by the student_scale rule.
     ({"selection.keep_fraction": 0.3}, set(STAGES) - {"teacher"}),
     ({"teacher.videopca.blur_sigma": 4.0}, set(STAGES)),
@@ -322,6 +335,8 @@ def _mesh8():
     ("evalseg.target_threshold", 1.0, r"config.evalseg.target_threshold=1.0 must be in \[0, 1\)"),
     ("multinet.combine", "sum", "config.multinet.combine must be one of product, "
      "geometric_mean; got 'sum'"),
+    ("evalseg.label_combine", "mean", "config.evalseg.label_combine must be one of product, "
+     "geometric_mean; got 'mean'"),
     ("multinet.normalisation", "none", "config.multinet.normalisation must be one of minmax"),
     ("student_training.loss", "l1", "config.student_training.loss must be one of mse, bce"),
     ("data.test_set", "imagenet", "config.data.test_set must be one of auto, synthetic"),

@@ -6,7 +6,7 @@ min-max normalised before thresholding); None means the model cannot segment tha
 predictors:
   VideoPCAMasks  the teacher: VideoPCA on the set's source videos (None for single images)
   StudentMasks   one trained student net on the set's images (raw outputs / target_scale)
-  MultiNetMasks  the students' outputs mapped to [0, 1] masks and combined (pixel product)
+  MultiNetMasks  the students' outputs mapped to [0, 1] masks and combined (multinet.combine)
   Recorded       masks computed earlier, by split (what the pipeline's stages saved)
 EvalSeg-Net does not segment; `EvalSegScorer` has `score_candidates(test)` instead, scored by
 `vtd.evaluators.mask_scoring`: it scores every student's mask of every image of the set.
@@ -124,7 +124,8 @@ class EvalSegScorer:
   The candidates of a set are every student's output on every image, mapped to [0, 1] as the
   generation's Multi-Net stage recorded (rule, per-student scales): what EvalSeg-Net scores
   on the training frames for the next selection (`trainer.run_evalseg`), here on held-out
-  images with ground truth. Their targets are cos(candidate, Multi-Net mask of its image).
+  images with ground truth. Their targets are cos(candidate, the image's masks combined as
+  EvalSeg-Net's label was: `combine`, from evalseg.label_combine).
   """
 
   def __init__(self, model, variables: Any, members: Sequence[Any], *, size: int,

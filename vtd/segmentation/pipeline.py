@@ -96,6 +96,8 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
     raise UserError(f"config.evalseg.target_threshold={config.evalseg.target_threshold} must "
                     "be in [0, 1): kept masks are in [0, 1]")
   config_lib.check_choice(config.multinet.combine, selection.COMBINES, "multinet.combine")
+  config_lib.check_choice(config.evalseg.label_combine, selection.COMBINES,
+                          "evalseg.label_combine")
   config_lib.check_choice(config.multinet.normalisation, selection.NORMALISATIONS,
                           "multinet.normalisation")
   config_lib.check_choice(config.data.on_unreadable, ("skip", "raise"), "data.on_unreadable")
@@ -167,6 +169,7 @@ def _next_selection_keys(config) -> tuple[str, ...]:
 
 
 EVALSEG_KEYS = LOOP_KEYS + ("evalseg.model", "evalseg.image_size", "evalseg.label_scale",
+                            "evalseg.label_combine",
                             "evalseg.train_fraction", "evalseg.num_steps",
                             "evalseg.batch_size", "evalseg.optim")
 

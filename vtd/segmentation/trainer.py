@@ -289,8 +289,10 @@ def run_multinet(ctx: stages.StageContext, data: SegData, *,
 
 def run_evalseg(ctx: stages.StageContext, data: SegData, mesh, *,
                 student_stages: Sequence[str], multinet_stage: str) -> dict[str, Any]:
-  """EvalSeg-Net of one generation: regresses cos(student mask, Multi-Net mask) on a random
-  subset of the training frames, then scores every student's masks on the others (§3.2).
+  """EvalSeg-Net of one generation: regresses cos(student mask, the students' masks
+  combined as `evalseg.label_combine`; the paper: the Multi-Net product) on a random subset of
+  the training frames, then scores every student's masks on the others (§3.2). The masks are
+  normalised as the generation's Multi-Net stage recorded.
 
   Exported with its generation's students (what it scores) and scored as a mask scorer
   (`vtd.evaluators.mask_scoring`) on the students' recorded held-out masks.
@@ -300,7 +302,7 @@ def run_evalseg(ctx: stages.StageContext, data: SegData, mesh, *,
   table = _table(ctx)
   size = cfg.data.image_size
   stack = student_train_masks(ctx, student_stages, multinet_stage)
-  multi = selection.multinet(list(stack), ctx.inputs[multinet_stage]["combine"])
+  multi = selection.multinet(list(stack), ecfg.label_combine)
   train_frames, score_frames = selection.split_frames(
       len(table), ecfg.train_fraction, ecfg.batch_size,
       seed=seeds.derive_seed(cfg.seed, f"{ctx.name}/frames"))
@@ -319,7 +321,7 @@ def run_evalseg(ctx: stages.StageContext, data: SegData, mesh, *,
   scorer = seg_eval.EvalSegScorer(
       model, fit.variables, [_recorded(ctx, n) for n in student_stages], size=size,
       input_size=ev_size, label_scale=ecfg.label_scale,
-      normalisation=multi_result["normalisation"], combine=multi_result["combine"],
+      normalisation=multi_result["normalisation"], combine=ecfg.label_combine,
       scales=multi_result["scales"])
   logging.info("%s: scoring %d student masks...", ctx.name, len(score_cand.masks))
   scores = scorer.score(ev_frames, score_cand)
@@ -331,7 +333,7 @@ def run_evalseg(ctx: stages.StageContext, data: SegData, mesh, *,
                                        seg_eval.EVALSEG_NET: fit.variables})
   meta = {"method": "segmentation", "kind": seg_eval.EVALSEG, "model_name": ctx.name,
           "students": names, "normalisation": multi_result["normalisation"],
-          "combine": multi_result["combine"], "scales": multi_result["scales"],
+          "combine": ecfg.label_combine, "scales": multi_result["scales"],
           "step": fit.step}
   _write(lambda: artifacts.save_artifact(ctx.dir / MODEL_DIR, variables, data.full_config,
                                          meta))
