@@ -137,7 +137,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Multi-Net = the pixel-wise product of the students' masks (the paper) | geometric_mean, its
   # S-th root: the same pixel order, but min-max + 0.5 then cuts the product at ~0.5^S of its
   # peak instead of at half of it. geometric_mean, chosen on val (docs/segmentation.md §8): gen-1
-  # Multi-Net val CorLoc 63.3 vs 12.3 for the product (seeds 0-2). Not EvalSeg-Net's label
+  # Multi-Net val CorLoc 63.4 vs 12.3 for the product (seeds 0-2). Not EvalSeg-Net's label
   # (evalseg.label_combine).
   config.multinet.combine = "geometric_mean"
 
