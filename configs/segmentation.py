@@ -18,8 +18,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Which method vtd.main runs (vtd/segmentation/pipeline.py: the stage graph).
   config.method = "segmentation"
-  # Master seed: every network's is vtd.seeds.derive_seed(seed, <stage name>), e.g.
-  # "gen2/basic_unet" (the teacher and the embedded data do not depend on it).
+  # Master seed: every network's is vtd.seeds.derive_seed(seed, <name>), <name> its stage
+  # ("gen1/evalseg") or, for students, as student_training.seed_scope says (the teacher and
+  # the embedded data do not depend on it).
   config.seed = 0
   # Teacher -> students -> (EvalSeg-Net -> students) ... : number of student generations.
   config.generations = 2
@@ -122,6 +123,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.student_training.target_scale = 255.0
   # mse (the reference) | bce.
   config.student_training.loss = "mse"
+  # What a student's seed (initial weights, batch order) is derived from: stage = its stage
+  # ("gen2/basic_unet"), a new initialisation per generation | student = its architecture, so
+  # each generation retrains it from the same initial weights and the generations differ only
+  # in their labels. Not from the papers. stage: student gave no better generation 2 on three
+  # seeds (val best-student J gen 2 - gen 1 -1.7, test -3.9) and repeats a dead
+  # initialisation in every generation (seed 3: DenseU-Net's ReLU head output 0 everywhere
+  # at generations 1 and 2); docs/segmentation.md §9.
+  config.student_training.seed_scope = "stage"
 
   config.multinet = ml_collections.ConfigDict()
   # Student output -> [0, 1] for Multi-Net, EvalSeg-Net and the next generation's targets:

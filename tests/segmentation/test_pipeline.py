@@ -25,6 +25,7 @@ from vtd.errors import UserError
 from vtd.segmentation import input_pipeline
 from vtd.segmentation import pipeline
 from vtd.segmentation import teacher as teacher_lib
+from vtd.segmentation import trainer
 from vtd.segmentation import videopca
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -217,6 +218,8 @@ GEN2 = {"gen2/selection", "gen2/lowres_net", "gen2/fconv", "gen2/multinet", "ove
     ({"data.synthetic.seed": 1}, set(STAGES)),
     ({"evalseg.num_steps": 5}, {"gen1/evalseg"} | GEN2),
     ({"seed": 1}, set(STAGES) - {"teacher", "gen1/selection"}),
+    # Where students' seeds come from: every student and what reads its masks.
+    ({"student_training.seed_scope": "student"}, set(STAGES) - {"teacher", "gen1/selection"}),
     ({"overlays.num_images": 2}, {"overlays"}),
     ({"data.cache_dir": "/elsewhere"}, set()),  # Where generated data are cached.
 ])
@@ -315,6 +318,19 @@ def _mesh8():
   return mesh
 
 
+def test_student_seed_scope():
+  """seed_scope "student": a student restarts from the same initial weights (and batch-order
+  seed) at every generation; "stage" (the default): a new initialisation per generation."""
+  config = seg_config.get_config()
+  assert config.student_training.seed_scope == "stage"
+  names = {scope: [trainer.student_seed_name(f"gen{g}/basic_unet", "basic_unet", scope)
+                   for g in (1, 2, 3)] for scope in trainer.SEED_SCOPES}
+  assert names["student"] == ["basic_unet"] * 3
+  assert names["stage"] == ["gen1/basic_unet", "gen2/basic_unet", "gen3/basic_unet"]
+  with pytest.raises(UserError, match="seed_scope must be one of student, stage"):
+    trainer.student_seed_name("gen1/basic_unet", "basic_unet", "run")
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("student_training.batch_size", 13, "config.student_training.batch_size=13 is not "
      "divisible by the 8 devices of the mesh; use a multiple of 8"),
@@ -339,6 +355,8 @@ def _mesh8():
      "geometric_mean; got 'mean'"),
     ("multinet.normalisation", "none", "config.multinet.normalisation must be one of minmax"),
     ("student_training.loss", "l1", "config.student_training.loss must be one of mse, bce"),
+    ("student_training.seed_scope", "run", "config.student_training.seed_scope must be one "
+     "of student, stage; got 'run'"),
     ("data.test_set", "imagenet", "config.data.test_set must be one of auto, synthetic"),
     ("data.on_unreadable", "ignore", "config.data.on_unreadable must be one of skip, raise"),
     ("selection.keep_fraction", 0.0, r"config.selection.keep_fraction=0.0 must be in \(0, 1\]"),

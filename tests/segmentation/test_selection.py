@@ -131,3 +131,12 @@ def test_per_video_scope_keeps_every_video():
       kept)
   with pytest.raises(UserError, match="scope"):
     selection.keep_best(scores, 0.5, "per_class", videos)
+
+
+def test_constant_fraction_flags_a_dead_student():
+  rng = np.random.default_rng(0)
+  live = rng.random((4, 8, 8)).astype(np.float32)
+  assert selection.constant_fraction(live) == 0.0
+  dead = np.zeros((4, 8, 8), np.float32)  # A dead ReLU head: 0 everywhere.
+  assert selection.constant_fraction(dead) == 1.0
+  assert selection.constant_fraction(np.concatenate([live, dead[:2] + 0.3])) == 2 / 6

@@ -87,6 +87,8 @@ def check_config(config: ml_collections.ConfigDict, mesh) -> None:
     sharding.check_batch_size(config.evalseg.batch_size, mesh, "config.evalseg.batch_size")
   config_lib.check_choice(config.student_training.loss, losses.MASK_LOSSES,
                           "student_training.loss")
+  config_lib.check_choice(config.student_training.seed_scope, trainer.SEED_SCOPES,
+                          "student_training.seed_scope")
   config_lib.check_choice(config.selection.scope, selection.SCOPES, "selection.scope")
   config_lib.check_choice(config.evalseg.selection, selection.SELECTIONS, "evalseg.selection")
   config_lib.check_choice(config.evalseg.scope, selection.SCOPES, "evalseg.scope")
@@ -146,7 +148,7 @@ def _teacher_keys(config) -> tuple[str, ...]:
 def _student_keys(config, name: str) -> tuple[str, ...]:
   per_student = f"student_training.steps_per_student.{name}"
   keys = LOOP_KEYS + ("optim", "student_training.batch_size", "student_training.target_scale",
-                      "student_training.loss")
+                      "student_training.loss", "student_training.seed_scope")
   keys += (per_student,) if _has(config, per_student) else ()
   if not config.student_training.steps_per_student.get(name, 0):
     keys += ("student_training.num_steps",)

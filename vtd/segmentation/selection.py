@@ -104,6 +104,15 @@ def student_scale(raw: np.ndarray, quantile: float) -> float:
   return float(max(np.quantile(peaks, quantile), 1e-6))
 
 
+def constant_fraction(raw: np.ndarray, tolerance: float = 1e-6) -> float:
+  """Fraction of the images [N, s, s] on which a student's output is constant (max - min <=
+  tolerance, in target units / target_scale): per-image min-max turns such an output into an
+  empty mask. Near 1 means a dead ReLU head (0 everywhere), which zeroes the Multi-Net
+  product and EvalSeg-Net's labels."""
+  flat = np.asarray(raw, np.float32).reshape(raw.shape[0], -1)
+  return float(np.mean(flat.max(axis=1) - flat.min(axis=1) <= tolerance))
+
+
 def normalise(raw: np.ndarray, rule: str, scale: float | None = None) -> np.ndarray:
   """Student outputs [N, s, s] (target units / target_scale) -> masks in [0, 1] (float32).
 

@@ -35,6 +35,7 @@ from vtd import artifacts
 from vtd import seeds
 from vtd import stages
 from vtd import train as train_lib
+from vtd.errors import UserError
 from vtd.evaluators import common as evaluators_lib
 from vtd.evaluators import segmentation as seg_metrics
 from vtd.segmentation import evaluate as seg_eval
@@ -52,6 +53,7 @@ PAIRS = "pairs.npz"
 TRAIN_OUTPUTS = "train_outputs.npy"
 SCORES = "scores.npz"
 MODEL_DIR = "model"
+SEED_SCOPES = ("student", "stage")  # config.student_training.seed_scope
 TEACHER = "teacher"  # The teacher stage's name (its frame table is every stage's input).
 
 
@@ -232,6 +234,18 @@ def run_next_selection(ctx: stages.StageContext, *, student_stages: Sequence[str
 
 # ----------------------------------------------------------------------------- students
 
+def student_seed_name(stage: str, student: str, scope: str) -> str:
+  """What a student's seed (initialisation and batch order) is derived from: its architecture
+  (scope "student": every generation starts from the same initial weights, so generations
+  differ only in their labels) or its stage (scope "stage", e.g. "gen2/basic_unet")."""
+  if scope == "student":
+    return student
+  if scope == "stage":
+    return stage
+  raise UserError(f"config.student_training.seed_scope must be one of "
+                  f"{', '.join(SEED_SCOPES)}; got {scope!r}")
+
+
 def run_student(ctx: stages.StageContext, data: SegData, mesh, *, student: str,
                 selection_stage: str) -> dict[str, Any]:
   """Trains one student from scratch on its generation's pairs; exports and scores it."""
@@ -239,7 +253,8 @@ def run_student(ctx: stages.StageContext, data: SegData, mesh, *, student: str,
   table = _table(ctx)
   pairs = artifacts.load_npz(ctx.input_dir(selection_stage) / PAIRS)
   model = students_lib.build_student(student, cfg.students)
-  seed = seeds.derive_seed(cfg.seed, ctx.name)
+  seed = seeds.derive_seed(cfg.seed, student_seed_name(ctx.name, student,
+                                                       cfg.student_training.seed_scope))
   program = students_lib.student_program(ctx.name, model, table.images[pairs["frames"]],
                                          pairs["targets"], cfg, seed)
   fit = train_lib.fit(program, cfg.train, ctx.dir, mesh, seed)
@@ -247,6 +262,12 @@ def run_student(ctx: stages.StageContext, data: SegData, mesh, *, student: str,
   predictor = seg_eval.StudentMasks(model, fit.variables, size=size,
                                     target_scale=cfg.student_training.target_scale)
   outputs = predictor.predict(frames_lib.resize_images(table.images, size))
+  constant = selection.constant_fraction(outputs)
+  if constant > 0.5:
+    logging.warning("%s: the output is constant on %.0f %% of the training frames (a dead ReLU "
+                    "head?): its masks are empty, and the Multi-Net product and EvalSeg-Net's "
+                    "labels of this generation with them; try another --config.seed", ctx.name,
+                    100 * constant)
   _write(lambda: artifacts.save_npy_atomic(ctx.dir / TRAIN_OUTPUTS, outputs.astype(np.float16)))
   meta = {"method": "segmentation", "kind": seg_eval.STUDENT, "model_name": ctx.name,
           "student": student, "step": fit.step}
@@ -255,6 +276,7 @@ def run_student(ctx: stages.StageContext, data: SegData, mesh, *, student: str,
   # Scored as the public inference script does: resize, per-image min-max, threshold.
   return {**_evaluate(ctx, data, predictor), "student": student, "step": fit.step,
           "num_steps": program.num_steps, "num_train_pairs": int(pairs["frames"].size),
+          "constant_output_fraction": constant,
           "artifact": ctx.rel(ctx.dir / MODEL_DIR)}
 
 
