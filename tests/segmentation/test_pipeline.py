@@ -323,6 +323,9 @@ def test_student_seed_scope():
   seed) at every generation; "stage" (the default): a new initialisation per generation."""
   config = seg_config.get_config()
   assert config.student_training.seed_scope == "stage"
+  # The default is how seeds were derived before the knob existed, so it is not a declared
+  # key: workdirs made before it keep their students.
+  assert "student_training.seed_scope" not in pipeline._student_keys(config, "basic_unet")
   names = {scope: [trainer.student_seed_name(f"gen{g}/basic_unet", "basic_unet", scope)
                    for g in (1, 2, 3)] for scope in trainer.SEED_SCOPES}
   assert names["student"] == ["basic_unet"] * 3

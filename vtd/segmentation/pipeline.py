@@ -148,7 +148,9 @@ def _teacher_keys(config) -> tuple[str, ...]:
 def _student_keys(config, name: str) -> tuple[str, ...]:
   per_student = f"student_training.steps_per_student.{name}"
   keys = LOOP_KEYS + ("optim", "student_training.batch_size", "student_training.target_scale",
-                      "student_training.loss", "student_training.seed_scope")
+                      "student_training.loss")
+  if config.student_training.seed_scope != "stage":  # "stage" is how seeds were derived
+    keys += ("student_training.seed_scope",)  # before the knob: earlier workdirs stay valid.
   keys += (per_student,) if _has(config, per_student) else ()
   if not config.student_training.steps_per_student.get(name, 0):
     keys += ("student_training.num_steps",)

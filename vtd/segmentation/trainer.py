@@ -253,8 +253,8 @@ def run_student(ctx: stages.StageContext, data: SegData, mesh, *, student: str,
   table = _table(ctx)
   pairs = artifacts.load_npz(ctx.input_dir(selection_stage) / PAIRS)
   model = students_lib.build_student(student, cfg.students)
-  seed = seeds.derive_seed(cfg.seed, student_seed_name(ctx.name, student,
-                                                       cfg.student_training.seed_scope))
+  seed = seeds.derive_seed(cfg.seed, student_seed_name(
+      ctx.name, student, cfg.student_training.get("seed_scope", "stage")))
   program = students_lib.student_program(ctx.name, model, table.images[pairs["frames"]],
                                          pairs["targets"], cfg, seed)
   fit = train_lib.fit(program, cfg.train, ctx.dir, mesh, seed)
